@@ -1,0 +1,489 @@
+//! Converges the tree to the manifest: creates what is missing, chowns and chmods only what
+//! differs, then checks.
+//!
+//! The run has three phases. Planning resolves every entry (following only symlinks root
+//! placed, see `resolve::Links::TrustedOnly`) and refuses, before anything changes, what
+//! must never be touched: kernel filesystems under a recursive entry (an error, exit 2),
+//! symlinked entries, ids the user namespace cannot map, read-only mounts. Acting changes
+//! each remaining entry through descriptors verified against what was planned; a change is
+//! made only when a fresh stat says the value differs, so a second run makes no chown or
+//! chmod call at all. Checking then runs the ordinary checks with writability computed,
+//! not probed: a probe writes into every directory, which would defeat "change nothing
+//! that is already right" (and copy directories up into a new overlayfs layer).
+
+use std::ffi::CStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::{FileStat, Mode, fstat, mkdirat};
+
+use crate::access::Method;
+use crate::check::{self, Context, Wanted};
+use crate::cli::Setup;
+use crate::manifest::Entry;
+use crate::policy::{self, Meta};
+use crate::report::{Action, Change, Check, CheckKind, Report, Status, show};
+use crate::resolve::{self, Links, Resolution, State};
+use crate::sys::{self, IdMap};
+use crate::walk::{self, Flow, Item};
+
+/// Options of one apply run.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub dry_run: bool,
+    /// Print each change to stderr as it is made.
+    pub log: bool,
+}
+
+/// What happened to one entry.
+#[derive(Debug, Default)]
+struct Outcome {
+    changes: Vec<Change>,
+    /// Why something the manifest asks was not done; each makes the entry fail.
+    refusals: Vec<String>,
+    /// Choices made where the manifest was silent.
+    notes: Vec<String>,
+}
+
+/// Process-wide facts that decide what may be attempted.
+struct Powers {
+    euid: u32,
+    chown: bool,
+    uid_map: IdMap,
+    gid_map: IdMap,
+}
+
+/// Applies the manifest and returns the report of the check that follows.
+pub fn run(setup: &Setup, ctx_arg: &str, opts: Options) -> Result<Report> {
+    let mut ctx = Context::new(&setup.root, &setup.accounts, &setup.identity, Method::Compute);
+    ctx.manifest_arg = ctx_arg.to_string();
+    let powers = Powers {
+        euid: nix::unistd::geteuid().as_raw(),
+        chown: sys::can_chown(),
+        uid_map: IdMap::read("uid_map"),
+        gid_map: IdMap::read("gid_map"),
+    };
+
+    let plans = setup
+        .entries
+        .iter()
+        .map(|e| resolve::resolve(&setup.root, Path::new(&e.path), Links::TrustedOnly))
+        .collect::<Result<Vec<_>>>()?;
+    for (entry, res) in setup.entries.iter().zip(&plans) {
+        if let (true, Some(dir)) = (entry.recursive, &res.entry) {
+            if let Some(fs) = sys::pseudo_filesystem(dir.fd()) {
+                bail!("{} is on {fs}, a kernel filesystem: refused for recursive work", entry.path);
+            }
+        }
+    }
+
+    // Parents before children, so that a listed parent is created with its own values.
+    let mut order: Vec<usize> = (0..setup.entries.len()).collect();
+    order.sort_by_key(|&i| setup.entries[i].path.matches('/').count());
+    let mut outcomes: Vec<Outcome> = (0..setup.entries.len()).map(|_| Outcome::default()).collect();
+    for i in order {
+        let entry = &setup.entries[i];
+        // An earlier entry may have created this one's parents: plan again from the disk.
+        let res = match plans[i].state {
+            State::Missing { .. } => {
+                Some(resolve::resolve(&setup.root, Path::new(&entry.path), Links::TrustedOnly)?)
+            }
+            _ => None,
+        };
+        let res = res.as_ref().unwrap_or(&plans[i]);
+        let mut worker = Worker { ctx: &ctx, entry, powers: &powers, opts, out: &mut outcomes[i] };
+        worker.apply(res);
+    }
+
+    let mut entries = check::check_all(&ctx, &setup.entries)?;
+    for (report, outcome) in entries.iter_mut().zip(outcomes) {
+        if !outcome.refusals.is_empty() {
+            report.checks.push(Check::new(
+                CheckKind::Apply,
+                Status::Fail,
+                outcome.refusals.join("; "),
+            ));
+            report.status = Status::Fail;
+        }
+        report.notes.extend(outcome.notes);
+        report.changes = Some(outcome.changes);
+    }
+    let mut report =
+        Report::new("apply", &setup.root.host, &setup.identity, ctx.writability(), entries);
+    report.dry_run = opts.dry_run;
+    Ok(report)
+}
+
+struct Worker<'a, 'c> {
+    ctx: &'a Context<'c>,
+    entry: &'a Entry,
+    powers: &'a Powers,
+    opts: Options,
+    out: &'a mut Outcome,
+}
+
+impl Worker<'_, '_> {
+    fn apply(&mut self, res: &Resolution) {
+        let entry = self.entry;
+        let current = res.entry.as_ref().map(|d| meta(&d.st));
+        let target = policy::target(entry, self.ctx.identity, current);
+        match &res.state {
+            State::Symlink { target, .. } => {
+                return self.refuse(format!(
+                    "{} is a symlink to {}: refused, a symlink entry is never followed or changed",
+                    entry.path,
+                    show(target)
+                ));
+            }
+            State::NotDirectory { st } => {
+                return self.refuse(format!(
+                    "{} is a {}: refused, it is not removed",
+                    entry.path,
+                    sys::kind_name(st)
+                ));
+            }
+            State::Blocked { at, reason } => {
+                return self.refuse(format!("cannot reach {}: {} {reason}", entry.path, show(at)));
+            }
+            State::Missing { .. } if !entry.create => {
+                return self.refuse(format!("{} is missing and create = false", entry.path));
+            }
+            _ => {}
+        }
+        let wanted = Wanted::of(entry);
+        let mut ids = vec![(target.meta.uid, true), (target.meta.gid, false)];
+        if entry.recursive {
+            ids.extend(wanted.owner.map(|u| (u, true)));
+            ids.extend(wanted.group.map(|g| (g, false)));
+        }
+        for (id, is_uid) in ids {
+            let (map, what) =
+                if is_uid { (&self.powers.uid_map, "uid") } else { (&self.powers.gid_map, "gid") };
+            if !map.contains(id) {
+                return self.refuse(format!(
+                    "{what} {id} is not mapped in this user namespace: nothing was changed for {}",
+                    entry.path
+                ));
+            }
+        }
+        let dir = match (&res.entry, &res.state) {
+            (Some(dir), _) => {
+                if current != Some(target.meta) && sys::is_read_only(dir.fd()) {
+                    return self.refuse_read_only(&dir.path);
+                }
+                match self.converge(dir.fd(), &dir.path, &dir.st) {
+                    Some(fd) => fd,
+                    None => return,
+                }
+            }
+            (None, State::Missing { missing }) => {
+                let parent = res.parent();
+                if sys::is_read_only(parent.fd()) {
+                    return self.refuse_read_only(&parent.path);
+                }
+                self.out.notes.extend(target.chosen.iter().cloned());
+                match self.create(parent.fd(), &parent.path, missing, target.meta) {
+                    Some(fd) => fd,
+                    None => return,
+                }
+            }
+            _ => return,
+        };
+        if entry.recursive && !wanted.is_empty() {
+            self.recurse(dir, &res.resolved_path(), &wanted);
+        }
+    }
+
+    fn refuse(&mut self, why: String) {
+        self.out.refusals.push(why);
+    }
+
+    fn refuse_read_only(&mut self, at: &Path) {
+        let point = self.ctx.mount_label(at);
+        self.refuse(format!(
+            "{} is on a read-only mount at {point}: nothing can be changed",
+            self.entry.path
+        ));
+    }
+
+    fn log(&self, change: &Change) {
+        if self.opts.log {
+            let verb = if self.opts.dry_run { "would" } else { "did" };
+            let before = change.before.as_ref().map(|b| format!("{b} -> ")).unwrap_or_default();
+            eprintln!(
+                "fs-preflight: {verb} {:?} {}: {before}{}",
+                change.action, change.path, change.after
+            );
+        }
+    }
+
+    fn record(&mut self, action: Action, path: &Path, before: Option<String>, after: String) {
+        let change = Change { action, path: show(path), before, after };
+        self.log(&change);
+        self.out.changes.push(change);
+    }
+
+    /// Creates the missing components below `parent`; intermediate ones get root:root 0755
+    /// (or this process's ids when it is not root). Returns the last one, opened.
+    fn create(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        parent_path: &Path,
+        missing: &[std::ffi::OsString],
+        target: Meta,
+    ) -> Option<Option<OwnedFd>> {
+        let mut path = parent_path.to_path_buf();
+        let mut holder: Option<OwnedFd> = None;
+        let intermediate = if self.powers.chown {
+            Meta { uid: 0, gid: 0, mode: 0o755 }
+        } else {
+            Meta { uid: self.powers.euid, gid: nix::unistd::getegid().as_raw(), mode: 0o755 }
+        };
+        for (i, name) in missing.iter().enumerate() {
+            path.push(name);
+            let last = i + 1 == missing.len();
+            let mut meta = if last { target } else { intermediate };
+            if !self.powers.chown {
+                meta.uid = self.powers.euid;
+                meta.gid = nix::unistd::getegid().as_raw();
+            }
+            self.record(Action::Create, &path, None, ids_mode(meta));
+            if self.opts.dry_run {
+                continue;
+            }
+            let at = holder.as_ref().map_or(parent, |h| h.as_fd());
+            // Created private, then given owner and mode: never briefly open to others.
+            if let Err(e) = mkdirat(at, name.as_os_str(), Mode::from_bits_truncate(0o700)) {
+                self.refuse(format!("cannot create {}: {}", show(&path), e.desc()));
+                return None;
+            }
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            let fd = match openat(at, name.as_os_str(), flags, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    self.refuse(format!(
+                        "cannot open {} after creating it: {}",
+                        show(&path),
+                        e.desc()
+                    ));
+                    return None;
+                }
+            };
+            if let Err(e) = self.set(fd.as_fd(), meta) {
+                self.refuse(format!(
+                    "cannot set {} on new {}: {}",
+                    ids_mode(meta),
+                    show(&path),
+                    e.desc()
+                ));
+                return None;
+            }
+            holder = Some(fd);
+        }
+        if !self.powers.chown
+            && (target.uid != self.powers.euid || target.gid != nix::unistd::getegid().as_raw())
+        {
+            self.refuse(format!(
+                "chown {}:{} {} needs root (CAP_CHOWN)",
+                target.uid, target.gid, self.entry.path
+            ));
+        }
+        Some(holder)
+    }
+
+    /// Sets owner, group and mode on a directory this run just made, and confirms them.
+    fn set(&self, fd: BorrowedFd<'_>, meta: Meta) -> Result<(), Errno> {
+        let st = fstat(fd)?;
+        if !sys::is_dir(&st) || st.st_uid != self.powers.euid {
+            return Err(Errno::ESTALE);
+        }
+        if self.powers.chown {
+            sys::chown_fd(fd, Some(meta.uid), Some(meta.gid))?;
+        }
+        sys::chmod_fd(fd, meta.mode)?;
+        let now = fstat(fd)?;
+        if now.st_mode & 0o7777 != meta.mode {
+            return Err(Errno::EPERM);
+        }
+        Ok(())
+    }
+
+    /// Brings an existing directory to `target`, changing only what differs. Returns the
+    /// directory opened for reading (for a recursive walk).
+    fn converge(
+        &mut self,
+        held: BorrowedFd<'_>,
+        path: &Path,
+        planned: &FileStat,
+    ) -> Option<Option<OwnedFd>> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let fd = match openat(held, ".", flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.refuse(format!("cannot open {}: {}", show(path), e.desc()));
+                return None;
+            }
+        };
+        match fstat(&fd) {
+            Ok(st) if sys::same_inode(&st, planned) => {}
+            _ => {
+                self.refuse(format!("{} changed while being applied", show(path)));
+                return None;
+            }
+        }
+        let Ok(now) = fstat(&fd) else { return Some(Some(fd)) };
+        let target = policy::target(self.entry, self.ctx.identity, Some(meta(&now)));
+        self.out.notes.extend(target.chosen);
+        let t = target.meta;
+        self.change_one(fd.as_fd(), path, t.uid, t.gid, Some(t.mode), false);
+        Some(Some(fd))
+    }
+
+    /// chown (if owner or group differ) then chmod (if the mode differs) on one verified
+    /// descriptor. A regular file that changes owner keeps no setuid/setgid bit unless
+    /// `mode` asks for it. Returns false when the entry must stop (read-only filesystem).
+    fn change_one(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        path: &Path,
+        uid: u32,
+        gid: u32,
+        mode: Option<u32>,
+        regular: bool,
+    ) -> bool {
+        let Ok(st) = fstat(fd) else { return true };
+        let before = meta(&st);
+        let reown = (before.uid, before.gid) != (uid, gid);
+        if reown && !self.powers.chown {
+            self.refuse(format!("chown {uid}:{gid} {} needs root (CAP_CHOWN)", show(path)));
+        } else if reown {
+            self.record(Action::Chown, path, Some(ids(before)), format!("{uid}:{gid}"));
+            if !self.opts.dry_run {
+                if let Err(e) = sys::chown_fd(fd, Some(uid), Some(gid)) {
+                    return self.failed(path, "chown", e);
+                }
+            }
+        }
+        // The kernel clears setuid (and setgid with group-exec) on chown; a fresh stat
+        // says what is left. A dry run predicts nothing and strips what it sees.
+        let now = match (reown, self.opts.dry_run) {
+            (true, false) => fstat(fd).map_or(before.mode, |s| s.st_mode & 0o7777),
+            _ => before.mode,
+        };
+        let want = match mode {
+            Some(m) => m,
+            None if regular && reown && self.powers.chown && now & 0o6000 != 0 => now & !0o6000,
+            None => return true,
+        };
+        if want == now {
+            return true;
+        }
+        if self.powers.euid != 0 && self.powers.euid != uid {
+            self.refuse(format!("chmod {want:04o} {} needs its owner or root", show(path)));
+            return true;
+        }
+        self.record(Action::Chmod, path, Some(format!("{now:04o}")), format!("{want:04o}"));
+        if !self.opts.dry_run {
+            if let Err(e) = sys::chmod_fd(fd, want) {
+                return self.failed(path, "chmod", e);
+            }
+        }
+        true
+    }
+
+    /// Records a failed call; a read-only filesystem stops the entry with one verdict.
+    fn failed(&mut self, path: &Path, call: &str, e: Errno) -> bool {
+        if e == Errno::EROFS {
+            self.refuse_read_only(path);
+            return false;
+        }
+        self.refuse(format!("{call} {}: {}", show(path), e.desc()));
+        true
+    }
+
+    fn recurse(&mut self, dir: Option<OwnedFd>, path: &Path, wanted: &Wanted) {
+        let Some(dir) = dir else {
+            // Dry run of an entry that does not exist yet: there is nothing below it.
+            return;
+        };
+        let top = match check::open_for_walk(dir.as_fd()) {
+            Ok(top) => top,
+            Err(e) => return self.refuse(format!("cannot read {}: {}", show(path), e.desc())),
+        };
+        let mounts = check::mount_points(self.ctx, path);
+        let mut hardlinks: Vec<PathBuf> = Vec::new();
+        let outcome = walk::walk(top, path, &mounts, &mut |item| {
+            if self.visit(&item, wanted, &mut hardlinks) { Flow::Descend } else { Flow::Stop }
+        });
+        if !hardlinks.is_empty() {
+            let first: Vec<String> = hardlinks.iter().take(5).map(|p| show(p)).collect();
+            self.refuse(format!(
+                "{} hard-linked files not re-owned (a link may lead outside the tree; set \
+                 allow_hardlinks = true to re-own them): {}",
+                hardlinks.len(),
+                first.join(", ")
+            ));
+        }
+        if !outcome.mounts.is_empty() {
+            let list: Vec<String> = outcome.mounts.iter().map(|m| show(m)).collect();
+            self.out.notes.push(format!("other mounts below, not entered: {}", list.join(", ")));
+        }
+        if let Some((p, e)) = outcome.errors.first() {
+            self.refuse(format!(
+                "{} entries unreadable (first: {}: {})",
+                outcome.errors.len(),
+                show(p),
+                e.desc()
+            ));
+        }
+    }
+
+    /// Converges one item below a recursive entry. False stops the walk.
+    fn visit(&mut self, item: &Item<'_>, wanted: &Wanted, hardlinks: &mut Vec<PathBuf>) -> bool {
+        let st = item.st;
+        let uid = wanted.owner.unwrap_or(st.st_uid);
+        let gid = wanted.group.unwrap_or(st.st_gid);
+        let mode = wanted.mode_for(st);
+        let owner_differs = (st.st_uid, st.st_gid) != (uid, gid);
+        if !owner_differs && mode.is_none_or(|m| m == st.st_mode & 0o7777) {
+            return true;
+        }
+        if let Some(dir) = item.dir {
+            return self.change_one(dir, item.path, uid, gid, mode, false);
+        }
+        if owner_differs && st.st_nlink > 1 && !self.entry.allow_hardlinks {
+            hardlinks.push(item.path.to_path_buf());
+            return true;
+        }
+        let Some(fd) = open_verified(item.parent, item.name, st) else {
+            self.refuse(format!("{} changed while being applied", show(item.path)));
+            return true;
+        };
+        self.change_one(fd.as_fd(), item.path, uid, gid, mode, sys::is_regular(st))
+    }
+}
+
+/// Opens a non-directory by name without following it, and only if it is still what the
+/// walk saw (same device, inode and type).
+fn open_verified(parent: BorrowedFd<'_>, name: &CStr, seen: &FileStat) -> Option<OwnedFd> {
+    let fd =
+        openat(parent, name, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
+            .ok()?;
+    let now = fstat(&fd).ok()?;
+    sys::same_inode(seen, &now).then_some(fd)
+}
+
+fn meta(st: &FileStat) -> Meta {
+    Meta { uid: st.st_uid, gid: st.st_gid, mode: st.st_mode & 0o7777 }
+}
+
+fn ids(m: Meta) -> String {
+    format!("{}:{}", m.uid, m.gid)
+}
+
+fn ids_mode(m: Meta) -> String {
+    format!("{}:{} {:04o}", m.uid, m.gid, m.mode)
+}

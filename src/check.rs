@@ -1,0 +1,496 @@
+//! Inspects every manifest entry and turns what it finds into checks with verdicts, and a
+//! fix for each failing entry.
+//!
+//! All entries are resolved first; then writability is probed in one go (one forked child
+//! for all entries when root checks for another identity); then each entry's checks are
+//! written. A check that does not apply (mode not asked, entry missing) is a skip, not a
+//! pass.
+
+use std::os::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::{FileStat, Mode};
+
+use crate::access::{self, Acl, Method, SEARCH, WRITE};
+use crate::identity::{Accounts, Identity};
+use crate::manifest::Entry;
+use crate::policy::{self, Meta};
+use crate::report::{Check, CheckKind, EntryReport, Fix, Status, Value, show};
+use crate::resolve::{self, Links, Resolution, Root, State};
+use crate::sys::{self, IdMap, Mount};
+use crate::walk::{self, Flow};
+
+/// Everything a run knows before it looks at the first entry.
+pub struct Context<'a> {
+    pub root: &'a Root,
+    pub accounts: &'a Accounts,
+    pub identity: &'a Identity,
+    pub method: Method,
+    pub mounts: Vec<Mount>,
+    /// Set inside a user namespace: the kernel's overflow ids mean "not mapped".
+    pub overflow: Option<(u32, u32)>,
+    /// The manifest option to repeat in suggested commands, e.g. `--manifest app.toml`.
+    pub manifest_arg: String,
+}
+
+impl<'a> Context<'a> {
+    pub fn new(
+        root: &'a Root,
+        accounts: &'a Accounts,
+        identity: &'a Identity,
+        method: Method,
+    ) -> Self {
+        let in_userns = !IdMap::read("uid_map").is_initial();
+        let overflow = in_userns.then(|| {
+            let gid = std::fs::read_to_string("/proc/sys/kernel/overflowgid")
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(65534);
+            (sys::overflow_uid(), gid)
+        });
+        Context {
+            root,
+            accounts,
+            identity,
+            method,
+            mounts: sys::mounts(),
+            overflow,
+            manifest_arg: String::new(),
+        }
+    }
+
+    pub fn writability(&self) -> &'static str {
+        if self.method == Method::Compute { "computed" } else { "probed" }
+    }
+
+    fn uid_value(&self, uid: u32) -> Value {
+        let label = match self.overflow {
+            Some((o, _)) if o == uid => format!("unmapped ({uid})"),
+            _ => self.accounts.user_label(uid),
+        };
+        Value::Id { id: uid, label }
+    }
+
+    fn gid_value(&self, gid: u32) -> Value {
+        let label = match self.overflow {
+            Some((_, o)) if o == gid => format!("unmapped ({gid})"),
+            _ => self.accounts.group_label(gid),
+        };
+        Value::Id { id: gid, label }
+    }
+
+    fn who(&self) -> String {
+        self.accounts.user_label(self.identity.uid)
+    }
+
+    /// `owner root(0), group root(0), mode 0755`, for messages.
+    fn describe(&self, st: &FileStat) -> String {
+        format!(
+            "owner {}, group {}, mode {:04o}",
+            self.uid_value(st.st_uid),
+            self.gid_value(st.st_gid),
+            st.st_mode & 0o7777
+        )
+    }
+
+    fn mount_of(&self, path: &Path) -> Option<&Mount> {
+        sys::mount_of(&self.mounts, &self.root.host_path(path))
+    }
+
+    /// The mount point holding a container path, for messages.
+    pub fn mount_label(&self, path: &Path) -> String {
+        self.mount_of(path).map_or_else(|| "?".to_string(), |m| show(&m.point))
+    }
+}
+
+/// Result of the write probe for one directory, when probing.
+type Probe = Option<Result<(), Errno>>;
+
+/// Checks every entry. Errors are environment failures (exit 2), not findings.
+pub fn check_all(ctx: &Context<'_>, entries: &[Entry]) -> Result<Vec<EntryReport>> {
+    let resolutions: Vec<Resolution> = entries
+        .iter()
+        .map(|e| resolve::resolve(ctx.root, Path::new(&e.path), Links::Follow))
+        .collect::<Result<_>>()?;
+    let probes = probe_all(ctx, &resolutions)?;
+    Ok(entries
+        .iter()
+        .zip(&resolutions)
+        .zip(probes)
+        .map(|((entry, res), probe)| check_entry(ctx, entry, res, probe))
+        .collect())
+}
+
+/// Probes, in one go, each existing entry and the parent of each missing one.
+fn probe_all(ctx: &Context<'_>, resolutions: &[Resolution]) -> Result<Vec<Probe>> {
+    if ctx.method == Method::Compute {
+        return Ok(resolutions.iter().map(|_| None).collect());
+    }
+    fn target(r: &Resolution) -> Option<BorrowedFd<'_>> {
+        match (&r.entry, &r.state) {
+            (Some(dir), _) => Some(dir.fd()),
+            (None, State::Missing { .. }) => Some(r.parent().fd()),
+            _ => None,
+        }
+    }
+    let fds: Vec<BorrowedFd<'_>> = resolutions.iter().filter_map(target).collect();
+    let mut answers = access::probe(ctx.method, ctx.identity, &fds)?.into_iter();
+    Ok(resolutions.iter().map(|r| target(r).and_then(|_| answers.next())).collect())
+}
+
+fn check_entry(ctx: &Context<'_>, entry: &Entry, res: &Resolution, probe: Probe) -> EntryReport {
+    let st = res.entry.as_ref().map(|d| d.st);
+    let mut checks = vec![exists(ctx, res, &probe), kind(res)];
+    checks.push(match (entry.owner, st) {
+        (Some(want), Some(st)) => {
+            compare(CheckKind::Owner, ctx.uid_value(want), ctx.uid_value(st.st_uid))
+        }
+        (Some(_), None) => Check::new(CheckKind::Owner, Status::Skip, "entry is not a directory"),
+        (None, _) => Check::new(CheckKind::Owner, Status::Skip, "not asked"),
+    });
+    checks.push(match (entry.group, st) {
+        (Some(want), Some(st)) => {
+            compare(CheckKind::Group, ctx.gid_value(want), ctx.gid_value(st.st_gid))
+        }
+        (Some(_), None) => Check::new(CheckKind::Group, Status::Skip, "entry is not a directory"),
+        (None, _) => Check::new(CheckKind::Group, Status::Skip, "not asked"),
+    });
+    checks.push(match (entry.mode, st) {
+        (Some(want), Some(st)) => {
+            compare(CheckKind::Mode, Value::Mode(want), Value::Mode(st.st_mode & 0o7777))
+        }
+        (Some(_), None) => Check::new(CheckKind::Mode, Status::Skip, "entry is not a directory"),
+        (None, _) => Check::new(CheckKind::Mode, Status::Skip, "not asked"),
+    });
+    checks.push(ancestors(ctx, res));
+    let read_only = read_only(ctx, res);
+    checks.push(writable(ctx, entry, res, &probe, read_only.status == Status::Fail));
+    checks.push(read_only);
+    if entry.recursive {
+        checks.push(contents(ctx, entry, res));
+    }
+
+    let mut report = EntryReport::new(entry.path.clone(), checks);
+    let resolved = res.resolved_path();
+    if resolved != Path::new(&entry.path) {
+        report.resolved = Some(show(&resolved));
+    }
+    for link in &res.links {
+        report.notes.push(format!("followed symlink {} -> {}", show(&link.at), show(&link.target)));
+    }
+    if let Some(dir) = &res.entry {
+        if let Some(m) =
+            ctx.mount_of(&dir.path).filter(|m| m.point == ctx.root.host_path(&dir.path))
+        {
+            report.notes.push(format!(
+                "{} is a mount point ({}): what is mounted here at run time decides its owner \
+                 and mode, not the image",
+                show(&dir.path),
+                m.fstype
+            ));
+        }
+    }
+    if report.failed() {
+        report.fixes = fixes(ctx, entry, res, &report.checks);
+    }
+    report
+}
+
+fn compare(kind: CheckKind, expected: Value, actual: Value) -> Check {
+    let (status, message) = if expected == actual {
+        (Status::Pass, format!("is {actual}"))
+    } else {
+        (Status::Fail, format!("expected {expected}, found {actual}"))
+    };
+    Check::new(kind, status, message).values(Some(expected), Some(actual))
+}
+
+fn exists(ctx: &Context<'_>, res: &Resolution, probe: &Probe) -> Check {
+    let c = |status, message: String| Check::new(CheckKind::Exists, status, message);
+    match &res.state {
+        State::Missing { .. } => {
+            let parent = res.parent();
+            let can = match probe {
+                Some(result) => result.is_ok(),
+                None => {
+                    !sys::is_read_only(parent.fd())
+                        && access::permits(
+                            ctx.identity,
+                            &parent.st,
+                            Acl::read(parent.fd()).as_ref(),
+                            WRITE | SEARCH,
+                        )
+                }
+            };
+            let verb = if can { "can" } else { "cannot" };
+            c(
+                Status::Fail,
+                format!(
+                    "missing; {} {verb} create it in {} ({})",
+                    ctx.who(),
+                    show(&parent.path),
+                    ctx.describe(&parent.st)
+                ),
+            )
+            .values(Some(Value::Text("directory".into())), Some(Value::Text("missing".into())))
+        }
+        State::Blocked { at, reason } => {
+            c(Status::Fail, format!("cannot be reached: {}: {reason}", show(at)))
+        }
+        _ => c(Status::Pass, "exists".into()),
+    }
+}
+
+fn kind(res: &Resolution) -> Check {
+    let c = |status, message: String| Check::new(CheckKind::Type, status, message);
+    let dir = || Some(Value::Text("directory".into()));
+    match &res.state {
+        State::Directory => c(Status::Pass, "is a directory".into()),
+        State::NotDirectory { st } => c(Status::Fail, format!("is a {}", sys::kind_name(st)))
+            .values(dir(), Some(Value::Text(sys::kind_name(st).into()))),
+        State::Symlink { target, .. } => c(
+            Status::Fail,
+            format!("is a symlink to {}; the entry itself must be a real directory", show(target)),
+        )
+        .values(dir(), Some(Value::Text("symlink".into()))),
+        State::Missing { .. } | State::Blocked { .. } => c(Status::Skip, "entry missing".into()),
+    }
+}
+
+fn ancestors(ctx: &Context<'_>, res: &Resolution) -> Check {
+    let blocking = res.searched.iter().find(|d| !access::searchable(ctx.identity, d.fd(), &d.st));
+    match blocking {
+        Some(d) => Check::new(
+            CheckKind::Ancestors,
+            Status::Fail,
+            format!("{} cannot search {} ({})", ctx.who(), show(&d.path), ctx.describe(&d.st)),
+        )
+        .values(Some(Value::Text("searchable".into())), Some(Value::Text(show(&d.path)))),
+        None => Check::new(
+            CheckKind::Ancestors,
+            Status::Pass,
+            format!("{} ancestors searchable", res.searched.len()),
+        ),
+    }
+}
+
+fn writable(ctx: &Context<'_>, entry: &Entry, res: &Resolution, probe: &Probe, ro: bool) -> Check {
+    let c = |status, message: String| Check::new(CheckKind::Writable, status, message);
+    if !entry.writable {
+        return c(Status::Skip, "not required".into());
+    }
+    let Some(dir) = &res.entry else {
+        return c(Status::Skip, "entry is not a directory".into());
+    };
+    let who = ctx.who();
+    let verdict = match probe {
+        Some(Ok(())) => return c(Status::Pass, format!("{who} created and removed a file here")),
+        Some(Err(Errno::EROFS)) => "cannot write: read-only filesystem".to_string(),
+        Some(Err(e)) => {
+            format!("{who} cannot create a file here: {} ({})", e.desc(), ctx.describe(&dir.st))
+        }
+        None if ro => "cannot write: read-only filesystem".to_string(),
+        None => {
+            let acl = Acl::read(dir.fd());
+            if access::permits(ctx.identity, &dir.st, acl.as_ref(), WRITE | SEARCH) {
+                let how = if acl.is_some() { "mode bits and ACL" } else { "mode bits" };
+                return c(Status::Pass, format!("{who} may write here (computed from {how})"));
+            }
+            format!("{who} may not write here ({}; computed)", ctx.describe(&dir.st))
+        }
+    };
+    c(Status::Fail, verdict)
+        .values(Some(Value::Text("writable".into())), Some(Value::Text("not writable".into())))
+}
+
+fn read_only(ctx: &Context<'_>, res: &Resolution) -> Check {
+    let c = |status, message: String| Check::new(CheckKind::ReadOnly, status, message);
+    let dir = res.entry.as_ref().unwrap_or_else(|| res.parent());
+    if !sys::is_read_only(dir.fd()) {
+        return c(Status::Pass, "on a writable mount".into());
+    }
+    let mount = ctx.mount_of(&dir.path);
+    let point = mount.map_or_else(|| "?".to_string(), |m| show(&m.point));
+    let fstype = mount.map_or("", |m| m.fstype.as_str());
+    c(Status::Fail, format!("on a read-only mount at {point} ({fstype})")).values(
+        Some(Value::Text("read-write".into())),
+        Some(Value::Text(format!("read-only {point}"))),
+    )
+}
+
+/// What a recursive entry asks of everything below it.
+pub struct Wanted {
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
+    pub dir_mode: Option<u32>,
+    pub file_mode: Option<u32>,
+}
+
+impl Wanted {
+    pub fn of(entry: &Entry) -> Wanted {
+        Wanted {
+            owner: entry.owner,
+            group: entry.group,
+            dir_mode: entry.dir_mode,
+            file_mode: entry.file_mode,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.owner.is_none()
+            && self.group.is_none()
+            && self.dir_mode.is_none()
+            && self.file_mode.is_none()
+    }
+
+    /// The mode an item should have, if any: symlinks have none that matters.
+    pub fn mode_for(&self, st: &FileStat) -> Option<u32> {
+        if sys::is_dir(st) {
+            self.dir_mode
+        } else if sys::is_regular(st) {
+            self.file_mode
+        } else {
+            None
+        }
+    }
+
+    /// What differs on one item, in words, or None when it is as asked.
+    pub fn differences(
+        &self,
+        ctx_label: &dyn Fn(&FileStat) -> String,
+        st: &FileStat,
+    ) -> Option<String> {
+        let owner_off = self.owner.is_some_and(|u| u != st.st_uid);
+        let group_off = self.group.is_some_and(|g| g != st.st_gid);
+        let mode_off = self.mode_for(st).is_some_and(|m| m != st.st_mode & 0o7777);
+        (owner_off || group_off || mode_off).then(|| ctx_label(st))
+    }
+}
+
+/// Audits everything below a recursive entry, the same way `apply` walks it.
+fn contents(ctx: &Context<'_>, entry: &Entry, res: &Resolution) -> Check {
+    let c = |status, message: String| Check::new(CheckKind::Contents, status, message);
+    let wanted = Wanted::of(entry);
+    if wanted.is_empty() {
+        return c(Status::Skip, "nothing asked of the contents".into());
+    }
+    let Some(dir) = &res.entry else {
+        return c(Status::Skip, "entry is not a directory".into());
+    };
+    let top = match open_for_walk(dir.fd()) {
+        Ok(top) => top,
+        Err(e) => return c(Status::Fail, format!("cannot read {}: {}", show(&dir.path), e.desc())),
+    };
+    let label = |st: &FileStat| ctx.describe(st);
+    let mut wrong = 0u64;
+    let mut samples = Vec::new();
+    let outcome = walk::walk(top, &dir.path, &mount_points(ctx, &dir.path), &mut |item| {
+        if let Some(what) = wanted.differences(&label, item.st) {
+            wrong += 1;
+            if samples.len() < 5 {
+                samples.push(format!("{} ({what})", show(item.path)));
+            }
+        }
+        Flow::Descend
+    });
+    let mut message = format!("{} of {} entries below differ", wrong, outcome.visited);
+    if !samples.is_empty() {
+        message.push_str(&format!("; first: {}", samples.join("; ")));
+    }
+    if !outcome.mounts.is_empty() {
+        let list: Vec<String> = outcome.mounts.iter().map(|m| show(m)).collect();
+        message.push_str(&format!("; other mounts not entered: {}", list.join(", ")));
+    }
+    if !outcome.errors.is_empty() {
+        let (p, e) = &outcome.errors[0];
+        message.push_str(&format!(
+            "; {} unreadable (first: {}: {})",
+            outcome.errors.len(),
+            show(p),
+            e.desc()
+        ));
+    }
+    let status = if wrong == 0 && outcome.errors.is_empty() { Status::Pass } else { Status::Fail };
+    c(status, message)
+        .values(Some(Value::Text("0 differ".into())), Some(Value::Text(format!("{wrong} differ"))))
+}
+
+/// Opens a held directory for reading its entries, through its own descriptor.
+pub fn open_for_walk(dir: BorrowedFd<'_>) -> Result<nix::dir::Dir, Errno> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    nix::dir::Dir::openat(dir, ".", flags, Mode::empty())
+}
+
+/// Container paths of every mount strictly below `path`.
+pub fn mount_points(ctx: &Context<'_>, path: &Path) -> Vec<PathBuf> {
+    let host = ctx.root.host_path(path);
+    ctx.mounts
+        .iter()
+        .filter(|m| m.point.starts_with(&host) && m.point != host)
+        .filter_map(|m| m.point.strip_prefix(&ctx.root.host).ok().map(|p| Path::new("/").join(p)))
+        .collect()
+}
+
+/// Fixes for a failing entry: a Dockerfile line for the image, and `apply`.
+fn fixes(ctx: &Context<'_>, entry: &Entry, res: &Resolution, checks: &[Check]) -> Vec<Fix> {
+    let failed = |k: CheckKind| checks.iter().any(|c| c.check == k && c.status == Status::Fail);
+    let dockerfile = "in the Dockerfile, before USER";
+    let path = show(Path::new(&entry.path));
+    let mut out = Vec::new();
+    if failed(CheckKind::ReadOnly) {
+        out.push(Fix {
+            place: "at run time".into(),
+            command: format!(
+                "mount a writable volume at {path} (docker run --mount type=volume,dst={path}; \
+                 Kubernetes: an emptyDir volume), or drop the read-only root filesystem"
+            ),
+        });
+        return out;
+    }
+    let current = res.entry.as_ref().map(|d| Meta {
+        uid: d.st.st_uid,
+        gid: d.st.st_gid,
+        mode: d.st.st_mode & 0o7777,
+    });
+    let target = policy::target(entry, ctx.identity, current).meta;
+    let mut run = Vec::new();
+    match &res.state {
+        State::Missing { .. } => run.push(format!(
+            "install -d -o {} -g {} -m {:04o} {path}",
+            target.uid, target.gid, target.mode
+        )),
+        State::Symlink { .. } | State::NotDirectory { .. } => run.push(format!(
+            "rm {path} && install -d -o {} -g {} -m {:04o} {path}",
+            target.uid, target.gid, target.mode
+        )),
+        _ => {
+            if let Some(now) = current {
+                let chown_r = if entry.recursive { "chown -R" } else { "chown" };
+                if (now.uid, now.gid) != (target.uid, target.gid) {
+                    run.push(format!("{chown_r} {}:{} {path}", target.uid, target.gid));
+                }
+                if now.mode != target.mode {
+                    run.push(format!("chmod {:04o} {path}", target.mode));
+                }
+            }
+        }
+    }
+    if failed(CheckKind::Ancestors) {
+        if let Some(d) =
+            res.searched.iter().find(|d| !access::searchable(ctx.identity, d.fd(), &d.st))
+        {
+            run.insert(0, format!("chmod o+x {}", show(&d.path)));
+        }
+    }
+    if !run.is_empty() {
+        out.push(Fix { place: dockerfile.into(), command: format!("RUN {}", run.join(" && ")) });
+    }
+    out.push(Fix {
+        place: "or let fs-preflight do it, as root (image build or entrypoint)".into(),
+        command: format!("fs-preflight apply{}", ctx.manifest_arg),
+    });
+    out
+}

@@ -1,0 +1,199 @@
+//! Command-line arguments, and the one place that turns them into what a run needs: the
+//! root, the account files, the manifest and the identity. The rest of the tool never sees
+//! clap types.
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::identity::{Accounts, Identity};
+use crate::manifest::{self, Entry};
+use crate::resolve::Root;
+
+/// Make sure a container's directories are ready for the user it runs as.
+#[derive(Debug, Parser)]
+#[command(name = "fs-preflight", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Manifest file [default: $FS_PREFLIGHT_MANIFEST, ./fs-preflight.toml, /etc/fs-preflight.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+
+    /// Runtime identity: name, uid, uid:gid or name:group (overrides the manifest's `user`)
+    #[arg(long, global = true, value_name = "SPEC")]
+    pub user: Option<String>,
+
+    /// Treat DIR as the container's `/`: paths, symlinks and /etc/passwd resolve inside it
+    #[arg(long, global = true, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    /// Report format
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// When to colour the text report (NO_COLOR in the environment always turns it off)
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+
+    /// Print nothing when every entry passes, and only failing entries otherwise
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    /// Compute writability from mode bits, groups and ACLs instead of probing
+    #[arg(long, global = true)]
+    pub no_probe: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check every entry; exit 0 if all pass, 1 if any check fails, 2 on errors
+    Check,
+    /// Create, chown and chmod what differs from the manifest (as root), then check
+    Apply {
+        /// Print the plan against the real state and change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check (and with --apply fix), then drop to the runtime user and exec CMD
+    Exec {
+        /// Apply the manifest first (needs root)
+        #[arg(long)]
+        apply: bool,
+        /// Start CMD even when a check fails
+        #[arg(long)]
+        warn_only: bool,
+        /// The program and its arguments
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        argv: Vec<OsString>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+/// Everything a command needs, checked.
+pub struct Setup {
+    pub root: Root,
+    pub accounts: Accounts,
+    pub identity: Identity,
+    pub entries: Vec<Entry>,
+    /// The `--manifest` option to repeat in suggested commands (empty when found by default).
+    pub manifest_arg: String,
+}
+
+impl Common {
+    /// Decides colour once, for the stream the report goes to.
+    pub fn apply_color(&self, report_is_terminal: bool) {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let on = !no_color
+            && match self.color {
+                ColorChoice::Always => true,
+                ColorChoice::Never => false,
+                ColorChoice::Auto => report_is_terminal,
+            };
+        colored::control::set_override(on);
+    }
+
+    pub fn stdout_is_terminal() -> bool {
+        std::io::stdout().is_terminal()
+    }
+
+    /// Loads the root, accounts, manifest and identity, in that order.
+    pub fn setup(&self) -> Result<Setup> {
+        let root = Root::open(self.root.as_deref().unwrap_or(Path::new("/")))?;
+        let accounts = Accounts::load(&root.host)?;
+        let (file, manifest_arg) = self.find_manifest(&root)?;
+        let env = |name: &str| std::env::var(name).ok();
+        let manifest = manifest::load(&file, &env)?;
+        let identity = match (&self.user, &manifest.user) {
+            (Some(spec), _) => accounts.resolve(spec).context("--user")?,
+            (None, Some(spec)) => accounts
+                .resolve(spec.get_ref())
+                .map_err(|e| manifest.error_at(spec.span(), format!("user: {e:#}")))?,
+            (None, None) => accounts.current(),
+        };
+        let entries = manifest.resolve(&accounts, &identity)?;
+        Ok(Setup { root, accounts, identity, entries, manifest_arg })
+    }
+
+    fn find_manifest(&self, root: &Root) -> Result<(PathBuf, String)> {
+        if let Some(file) = &self.manifest {
+            return Ok((file.clone(), format!(" --manifest {}", file.display())));
+        }
+        if let Some(file) = std::env::var_os("FS_PREFLIGHT_MANIFEST").filter(|v| !v.is_empty()) {
+            return Ok((PathBuf::from(file), String::new()));
+        }
+        let candidates =
+            [PathBuf::from("fs-preflight.toml"), root.host.join("etc/fs-preflight.toml")];
+        match candidates.into_iter().find(|c| c.is_file()) {
+            Some(file) => Ok((file, String::new())),
+            None => bail!(
+                "no manifest: pass --manifest FILE, set FS_PREFLIGHT_MANIFEST, or create \
+                 ./fs-preflight.toml or {}",
+                root.host.join("etc/fs-preflight.toml").display()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_before_and_after_the_command() {
+        let cli =
+            Cli::try_parse_from(["fs-preflight", "--format", "json", "check", "--user", "1:2"])
+                .unwrap();
+        assert_eq!(cli.common.format, Format::Json);
+        assert_eq!(cli.common.user.as_deref(), Some("1:2"));
+    }
+
+    #[test]
+    fn exec_takes_the_rest_as_the_command() {
+        let cli =
+            Cli::try_parse_from(["fs-preflight", "exec", "--apply", "--", "app", "--port", "80"])
+                .unwrap();
+        match cli.command {
+            Command::Exec { apply, argv, .. } => {
+                assert!(apply);
+                assert_eq!(argv, ["app", "--port", "80"]);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["fs-preflight", "exec"]).is_err());
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        let e = Cli::try_parse_from(["fs-preflight", "--format", "xml", "check"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        let e = Cli::try_parse_from(["fs-preflight", "--color", "sometimes", "check"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+    }
+}

@@ -1,0 +1,119 @@
+//! The entrypoint: check (and with `--apply`, fix) the manifest, then become the runtime
+//! identity and replace this process with the program.
+//!
+//! Privileges are dropped the way container runtimes drop them: setgroups with the
+//! identity's groups, then setgid, then setuid, so that no capability survives; HOME comes
+//! from passwd (or `/`). Then execve in the same process: the PID, the environment (HOME
+//! aside), the standard streams and signal dispositions reach the program unchanged, and
+//! under `docker run` it is PID 1 and receives SIGTERM itself.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use nix::errno::Errno;
+use nix::sys::signal::{SigHandler, Signal, signal};
+use nix::unistd::{Gid, Uid};
+
+use crate::identity::Identity;
+
+/// Exit code when the program exists but cannot be executed, as shells use it.
+pub const NOT_EXECUTABLE: u8 = 126;
+/// Exit code when the program is not found.
+pub const NOT_FOUND: u8 = 127;
+
+/// Refuses, before anything else happens, an identity this process cannot become.
+pub fn ensure_can_become(identity: &Identity) -> Result<()> {
+    if nix::unistd::geteuid().is_root() || identity.is_current_process() {
+        return Ok(());
+    }
+    bail!(
+        "cannot run as uid {} gid {}: this process is uid {} and not root; start it as root \
+         or give --user the identity it already has",
+        identity.uid,
+        identity.gid,
+        nix::unistd::geteuid()
+    )
+}
+
+/// Becomes `identity` if needed and execs `argv`. Returns only on failure, with the exit
+/// code to use.
+pub fn exec(identity: &Identity, argv: &[OsString]) -> Result<ExitCode> {
+    if !identity.is_current_process() {
+        drop_privileges(identity)?;
+    }
+    // SAFETY: the tool is single-threaded; nothing reads the environment concurrently.
+    unsafe { std::env::set_var("HOME", &identity.home) };
+    // The Rust runtime ignores SIGPIPE for itself; the program gets the default back.
+    // SAFETY: restoring a default disposition installs no handler.
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.context("resetting SIGPIPE")?;
+
+    let args: Vec<CString> = argv.iter().map(|a| cstring(a)).collect::<Result<_>>()?;
+    let program = &argv[0];
+    let shown = crate::report::escape(program.as_bytes());
+    let err = if program.as_bytes().contains(&b'/') {
+        nix::unistd::execv(&args[0], &args).unwrap_err()
+    } else {
+        search_and_exec(program, &args)
+    };
+    let code = match err {
+        Errno::ENOENT | Errno::ENOTDIR => {
+            eprintln!("fs-preflight: {shown}: command not found");
+            NOT_FOUND
+        }
+        e => {
+            eprintln!("fs-preflight: {shown}: cannot execute: {}", e.desc());
+            NOT_EXECUTABLE
+        }
+    };
+    Ok(ExitCode::from(code))
+}
+
+/// Tries each directory of PATH in turn, as execvp does, but reports EACCES (a file found
+/// but not executable) over ENOENT so that the exit code tells the two apart.
+fn search_and_exec(program: &OsStr, args: &[CString]) -> Errno {
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    let mut seen = Errno::ENOENT;
+    for dir in path.as_bytes().split(|b| *b == b':') {
+        let dir = if dir.is_empty() { b".".as_slice() } else { dir };
+        let mut candidate = dir.to_vec();
+        candidate.push(b'/');
+        candidate.extend_from_slice(program.as_bytes());
+        let Ok(candidate) = CString::new(candidate) else { continue };
+        match nix::unistd::execv(&candidate, args).unwrap_err() {
+            Errno::ENOENT | Errno::ENOTDIR => {}
+            Errno::EACCES => seen = Errno::EACCES,
+            other => return other,
+        }
+    }
+    seen
+}
+
+fn drop_privileges(identity: &Identity) -> Result<()> {
+    let groups: Vec<Gid> = identity.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    nix::unistd::setgroups(&groups).context("setgroups")?;
+    nix::unistd::setgid(Gid::from_raw(identity.gid)).context("setgid")?;
+    nix::unistd::setuid(Uid::from_raw(identity.uid)).context("setuid")?;
+    if identity.uid != 0 {
+        // Belt and braces: a kernel or securebits setting that kept capabilities across
+        // setuid would make the drop a lie.
+        if nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
+            bail!("still able to become root after dropping to uid {}", identity.uid);
+        }
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        for line in status.lines().filter(|l| l.starts_with("CapEff:") || l.starts_with("CapPrm:"))
+        {
+            let hex = line.split_whitespace().nth(1).unwrap_or("0");
+            if u64::from_str_radix(hex, 16).unwrap_or(0) != 0 {
+                bail!("capabilities survived the drop to uid {}: {line}", identity.uid);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cstring(s: &OsStr) -> Result<CString> {
+    CString::new(s.as_bytes()).context("an argument contains a NUL byte")
+}

@@ -1,0 +1,338 @@
+//! The report: one set of types, printed as text for people and serialized as JSON for
+//! machines. Printers take `impl Write` and never decide colour themselves.
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use colored::Colorize;
+use serde::{Serialize, Serializer};
+
+use crate::identity::Identity;
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    Exists,
+    Type,
+    Owner,
+    Group,
+    Mode,
+    Ancestors,
+    Writable,
+    ReadOnly,
+    /// Everything below a `recursive` entry.
+    Contents,
+    /// What `apply` was asked to do but refused or could not.
+    Apply,
+}
+
+impl CheckKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckKind::Exists => "exists",
+            CheckKind::Type => "type",
+            CheckKind::Owner => "owner",
+            CheckKind::Group => "group",
+            CheckKind::Mode => "mode",
+            CheckKind::Ancestors => "ancestors",
+            CheckKind::Writable => "writable",
+            CheckKind::ReadOnly => "read_only",
+            CheckKind::Contents => "contents",
+            CheckKind::Apply => "apply",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Fail,
+    Skip,
+}
+
+/// An expected or actual value. Ids serialize as numbers and print as `name(id)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Id { id: u32, label: String },
+    Mode(u32),
+    Text(String),
+}
+
+impl Serialize for Value {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::Id { id, .. } => s.serialize_u32(*id),
+            Value::Mode(m) => s.serialize_str(&format!("{m:04o}")),
+            Value::Text(t) => s.serialize_str(t),
+        }
+    }
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Id { label, .. } => f.write_str(label),
+            Value::Mode(m) => write!(f, "{m:04o}"),
+            Value::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub check: CheckKind,
+    pub status: Status,
+    pub expected: Option<Value>,
+    pub actual: Option<Value>,
+    pub message: String,
+}
+
+impl Check {
+    pub fn new(check: CheckKind, status: Status, message: impl Into<String>) -> Check {
+        Check { check, status, expected: None, actual: None, message: message.into() }
+    }
+
+    pub fn values(mut self, expected: Option<Value>, actual: Option<Value>) -> Check {
+        self.expected = expected;
+        self.actual = actual;
+        self
+    }
+}
+
+/// A way to fix an entry, for one place the user may be.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fix {
+    #[serde(rename = "where")]
+    pub place: String,
+    pub command: String,
+}
+
+/// A change `apply` made (or would make, with `--dry-run`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    pub action: Action,
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
+    pub after: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Chown,
+    Chmod,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EntryReport {
+    pub path: String,
+    pub status: Status,
+    /// The path with symlinked ancestors resolved, when it differs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<String>,
+    pub checks: Vec<Check>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fixes: Vec<Fix>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changes: Option<Vec<Change>>,
+}
+
+impl EntryReport {
+    pub fn new(path: String, checks: Vec<Check>) -> EntryReport {
+        let status = if checks.iter().any(|c| c.status == Status::Fail) {
+            Status::Fail
+        } else {
+            Status::Pass
+        };
+        EntryReport {
+            path,
+            status,
+            resolved: None,
+            checks,
+            notes: Vec::new(),
+            fixes: Vec::new(),
+            changes: None,
+        }
+    }
+
+    pub fn failed(&self) -> bool {
+        self.status == Status::Fail
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub entries: usize,
+    pub passed: usize,
+    pub failed: usize,
+    pub checks_failed: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub version: u32,
+    pub command: &'static str,
+    pub root: String,
+    pub identity: Identity,
+    /// `probed` or `computed`: how writability was established.
+    pub writability: &'static str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    pub entries: Vec<EntryReport>,
+    pub summary: Summary,
+}
+
+impl Report {
+    pub fn new(
+        command: &'static str,
+        root: &Path,
+        identity: &Identity,
+        writability: &'static str,
+        entries: Vec<EntryReport>,
+    ) -> Report {
+        let summary = Summary {
+            entries: entries.len(),
+            passed: entries.iter().filter(|e| !e.failed()).count(),
+            failed: entries.iter().filter(|e| e.failed()).count(),
+            checks_failed: entries
+                .iter()
+                .flat_map(|e| &e.checks)
+                .filter(|c| c.status == Status::Fail)
+                .count(),
+            changed: entries
+                .iter()
+                .map(|e| e.changes.as_ref().map(Vec::len))
+                .sum::<Option<usize>>(),
+        };
+        Report {
+            version: SCHEMA_VERSION,
+            command,
+            root: escape(root.as_os_str().as_encoded_bytes()),
+            identity: identity.clone(),
+            writability,
+            dry_run: false,
+            entries,
+            summary,
+        }
+    }
+
+    pub fn passed(&self) -> bool {
+        self.summary.failed == 0
+    }
+
+    pub fn write_json(&self, mut out: impl Write) -> io::Result<()> {
+        serde_json::to_writer_pretty(&mut out, self)?;
+        writeln!(out)
+    }
+
+    /// The human report. `quiet` prints failures only, and nothing when all pass.
+    pub fn write_text(&self, mut out: impl Write, quiet: bool) -> io::Result<()> {
+        if quiet && self.passed() {
+            return Ok(());
+        }
+        let mut heading = format!(
+            "fs-preflight {}{}: {} entries for {}",
+            self.command,
+            if self.dry_run { " --dry-run" } else { "" },
+            self.summary.entries,
+            self.identity.describe()
+        );
+        if self.root != "/" {
+            heading.push_str(&format!(" (paths inside root {})", self.root));
+        }
+        writeln!(out, "{}", heading.bold())?;
+        for entry in self.entries.iter().filter(|e| !quiet || e.failed()) {
+            write_entry(&mut out, entry)?;
+        }
+        let mut tail = format!(
+            "{} of {} entries pass, {} fail ({} failed checks); writability {}",
+            self.summary.passed,
+            self.summary.entries,
+            self.summary.failed,
+            self.summary.checks_failed,
+            self.writability
+        );
+        if let Some(changed) = self.summary.changed {
+            let verb = if self.dry_run { "to make" } else { "made" };
+            tail.push_str(&format!("; {changed} changes {verb}"));
+        }
+        let tail = if self.passed() { tail.green() } else { tail.red() };
+        writeln!(out, "{tail}")
+    }
+}
+
+fn write_entry(out: &mut impl Write, entry: &EntryReport) -> io::Result<()> {
+    let verdict = match entry.status {
+        Status::Fail => "FAIL".red().bold(),
+        _ => "ok  ".green(),
+    };
+    let via = entry.resolved.as_ref().map(|r| format!(" (resolved: {r})")).unwrap_or_default();
+    writeln!(out, "{verdict}  {}{via}", entry.path)?;
+    for change in entry.changes.iter().flatten() {
+        let before = change.before.as_ref().map(|b| format!("{b} -> ")).unwrap_or_default();
+        let action = format!("{:?}", change.action).to_lowercase();
+        writeln!(out, "      {} {}: {before}{}", action.cyan(), change.path, change.after)?;
+    }
+    for check in entry.checks.iter().filter(|c| c.status == Status::Fail) {
+        writeln!(out, "      {}: {}", check.check.name().bold(), check.message)?;
+    }
+    for note in &entry.notes {
+        writeln!(out, "      {} {note}", "note:".yellow())?;
+    }
+    if !entry.fixes.is_empty() {
+        writeln!(out, "      {}", "fix:".bold())?;
+        for fix in &entry.fixes {
+            writeln!(out, "        {}:", fix.place)?;
+            writeln!(out, "          {}", fix.command)?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes a path safe to print: printable UTF-8 passes, anything else is escaped, so that
+/// a hostile file name cannot move the cursor or forge a report line.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// [`escape`] for a path.
+pub fn show(path: &Path) -> String {
+    escape(path.as_os_str().as_encoded_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_names_are_escaped() {
+        assert_eq!(escape(b"/a/b c"), "/a/b c");
+        assert_eq!(escape(b"/a\n\x1b[2J"), "/a\\n\\u{1b}[2J");
+        assert_eq!(escape(b"/\xff/\\"), "/\\xff/\\\\");
+    }
+}

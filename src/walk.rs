@@ -1,0 +1,157 @@
+//! A recursive walk through descriptors that never follows a symlink and never leaves the
+//! filesystem it starts on.
+//!
+//! Every entry is found by `fstatat(AT_SYMLINK_NOFOLLOW)` relative to its parent's
+//! descriptor. A subdirectory is opened with O_NOFOLLOW relative to the same descriptor and
+//! compared (device, inode, type) with that lstat before anyone sees it, so a directory
+//! swapped for a symlink between the two calls is never entered. Non-directories are handed
+//! to the visitor as (parent descriptor, name, lstat); a visitor that changes one must open
+//! it itself with O_PATH|O_NOFOLLOW and compare again (see `apply`).
+//!
+//! Memory is one directory listing per level of depth, and one descriptor per level.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::dir::Dir;
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FileStat, Mode, fstat, fstatat};
+
+use crate::sys;
+
+/// One entry below the top, as the visitor sees it.
+pub struct Item<'a> {
+    pub parent: BorrowedFd<'a>,
+    pub name: &'a CStr,
+    /// Container path, for reports.
+    pub path: &'a Path,
+    pub st: &'a FileStat,
+    /// For a directory: a descriptor opened for reading and verified against `st`.
+    pub dir: Option<BorrowedFd<'a>>,
+}
+
+/// What the visitor wants after seeing a directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Descend,
+    /// Stop the whole walk (a verdict for the entry has been reached).
+    Stop,
+}
+
+/// What a walk saw but did not visit.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub visited: u64,
+    /// Directories below the top that are other mounts: not entered.
+    pub mounts: Vec<PathBuf>,
+    /// Places that could not be read, with the reason.
+    pub errors: Vec<(PathBuf, Errno)>,
+    pub stopped: bool,
+}
+
+struct Frame {
+    dir: Dir,
+    names: Vec<CString>,
+    path: PathBuf,
+}
+
+/// Walks everything below `top` (a directory descriptor opened for reading). `path` is the
+/// top's container path; `mount_points` are container paths of mounts anywhere (a bind
+/// mount of the same filesystem keeps the device number, so the table is asked too).
+pub fn walk(
+    top: Dir,
+    path: &Path,
+    mount_points: &[PathBuf],
+    visit: &mut dyn FnMut(Item<'_>) -> Flow,
+) -> Outcome {
+    let mut out = Outcome::default();
+    let top_dev = match fstat(top.as_fd()) {
+        Ok(st) => st.st_dev,
+        Err(e) => {
+            out.errors.push((path.to_path_buf(), e));
+            return out;
+        }
+    };
+    let mut stack = Vec::new();
+    match listing(top, path.to_path_buf()) {
+        Ok(frame) => stack.push(frame),
+        Err(e) => out.errors.push((path.to_path_buf(), e)),
+    }
+    while let Some(frame) = stack.last_mut() {
+        let Some(name) = frame.names.pop() else {
+            stack.pop();
+            continue;
+        };
+        let child_path = frame.path.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+        let parent = frame.dir.as_fd();
+        let st = match fstatat(parent, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => continue,
+            Err(e) => {
+                out.errors.push((child_path, e));
+                continue;
+            }
+        };
+        if !sys::is_dir(&st) {
+            out.visited += 1;
+            let item = Item { parent, name: &name, path: &child_path, st: &st, dir: None };
+            if visit(item) == Flow::Stop {
+                out.stopped = true;
+                return out;
+            }
+            continue;
+        }
+        if st.st_dev != top_dev || mount_points.iter().any(|m| *m == child_path) {
+            out.mounts.push(child_path);
+            continue;
+        }
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let child = match Dir::openat(parent, name.as_c_str(), flags, Mode::empty()) {
+            Ok(d) => d,
+            Err(Errno::ENOENT) => continue,
+            Err(e) => {
+                out.errors.push((child_path, e));
+                continue;
+            }
+        };
+        match fstat(child.as_fd()) {
+            Ok(now) if sys::same_inode(&st, &now) => {}
+            _ => {
+                out.errors.push((child_path, Errno::ESTALE));
+                continue;
+            }
+        }
+        out.visited += 1;
+        let item =
+            Item { parent, name: &name, path: &child_path, st: &st, dir: Some(child.as_fd()) };
+        match visit(item) {
+            Flow::Descend => {}
+            Flow::Stop => {
+                out.stopped = true;
+                return out;
+            }
+        }
+        match listing(child, child_path.clone()) {
+            Ok(frame) => stack.push(frame),
+            Err(e) => out.errors.push((child_path, e)),
+        }
+    }
+    out
+}
+
+/// Reads a directory's names (without `.` and `..`), last name first.
+fn listing(mut dir: Dir, path: PathBuf) -> Result<Frame, Errno> {
+    let mut names = Vec::new();
+    for entry in dir.iter() {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name != c"." && name != c".." {
+            names.push(name.to_owned());
+        }
+    }
+    names.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(Frame { dir, names, path })
+}
