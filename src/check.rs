@@ -174,6 +174,9 @@ fn check_entry(ctx: &Context<'_>, entry: &Entry, res: &Resolution, probe: Probe)
     }
 
     let mut report = EntryReport::new(entry.path.clone(), checks);
+    report.found = st.map(|st| {
+        format!("{}:{} {:04o}", ctx.uid_value(st.st_uid), ctx.gid_value(st.st_gid), st.st_mode & 0o7777)
+    });
     let resolved = res.resolved_path();
     if resolved != Path::new(&entry.path) {
         report.resolved = Some(show(&resolved));
@@ -211,8 +214,13 @@ fn compare(kind: CheckKind, expected: Value, actual: Value) -> Check {
 fn exists(ctx: &Context<'_>, res: &Resolution, probe: &Probe) -> Check {
     let c = |status, message: String| Check::new(CheckKind::Exists, status, message);
     match &res.state {
-        State::Missing { .. } => {
+        State::Missing { missing } => {
             let parent = res.parent();
+            let what = match missing.len() {
+                1 => "missing".to_string(),
+                2 => "missing, and so is its parent".to_string(),
+                n => format!("missing, and so are {} of its parents", n - 1),
+            };
             let can = match probe {
                 Some(result) => result.is_ok(),
                 None => {
@@ -229,7 +237,7 @@ fn exists(ctx: &Context<'_>, res: &Resolution, probe: &Probe) -> Check {
             c(
                 Status::Fail,
                 format!(
-                    "missing; {} {verb} create it in {} ({})",
+                    "{what}; {} {verb} create it in {} ({})",
                     ctx.who(),
                     show(&parent.path),
                     ctx.describe(&parent.st)

@@ -136,6 +136,9 @@ pub struct EntryReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolved: Option<String>,
     pub checks: Vec<Check>,
+    /// Owner, group and mode as found, for the text report's entry line.
+    #[serde(skip)]
+    pub found: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -156,6 +159,7 @@ impl EntryReport {
             status,
             resolved: None,
             checks,
+            found: None,
             notes: Vec::new(),
             fixes: Vec::new(),
             changes: None,
@@ -276,7 +280,8 @@ fn write_entry(out: &mut impl Write, entry: &EntryReport) -> io::Result<()> {
         _ => "ok  ".green(),
     };
     let via = entry.resolved.as_ref().map(|r| format!(" (resolved: {r})")).unwrap_or_default();
-    writeln!(out, "{verdict}  {}{via}", entry.path)?;
+    let found = entry.found.as_ref().map(|f| format!("  {}", f.dimmed())).unwrap_or_default();
+    writeln!(out, "{verdict}  {}{via}{found}", entry.path)?;
     for change in entry.changes.iter().flatten() {
         let before = change.before.as_ref().map(|b| format!("{b} -> ")).unwrap_or_default();
         let action = format!("{:?}", change.action).to_lowercase();
