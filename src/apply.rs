@@ -75,7 +75,10 @@ pub fn run(setup: &Setup, ctx_arg: &str, opts: Options) -> Result<Report> {
     for (entry, res) in setup.entries.iter().zip(&plans) {
         if let (true, Some(dir)) = (entry.recursive, &res.entry) {
             if let Some(fs) = sys::pseudo_filesystem(dir.fd()) {
-                bail!("{} is on {fs}, a kernel filesystem: refused for recursive work", entry.path);
+                bail!(
+                    "{} is on {fs}, a kernel filesystem: refused for recursive work",
+                    show(Path::new(&entry.path))
+                );
             }
         }
     }
@@ -134,22 +137,26 @@ impl Worker<'_, '_> {
             State::Symlink { target, .. } => {
                 return self.refuse(format!(
                     "{} is a symlink to {}: refused, a symlink entry is never followed or changed",
-                    entry.path,
+                    self.shown(),
                     show(target)
                 ));
             }
             State::NotDirectory { st } => {
                 return self.refuse(format!(
                     "{} is a {}: refused, it is not removed",
-                    entry.path,
+                    self.shown(),
                     sys::kind_name(st)
                 ));
             }
             State::Blocked { at, reason } => {
-                return self.refuse(format!("cannot reach {}: {} {reason}", entry.path, show(at)));
+                return self.refuse(format!(
+                    "cannot reach {}: {} {reason}",
+                    self.shown(),
+                    show(at)
+                ));
             }
             State::Missing { .. } if !entry.create => {
-                return self.refuse(format!("{} is missing and create = false", entry.path));
+                return self.refuse(format!("{} is missing and create = false", self.shown()));
             }
             _ => {}
         }
@@ -165,7 +172,7 @@ impl Worker<'_, '_> {
             if !map.contains(id) {
                 return self.refuse(format!(
                     "{what} {id} is not mapped in this user namespace: nothing was changed for {}",
-                    entry.path
+                    self.shown()
                 ));
             }
         }
@@ -197,6 +204,11 @@ impl Worker<'_, '_> {
         }
     }
 
+    /// The entry's path, escaped for messages.
+    fn shown(&self) -> String {
+        show(Path::new(&self.entry.path))
+    }
+
     fn refuse(&mut self, why: String) {
         self.out.refusals.push(why);
     }
@@ -205,7 +217,7 @@ impl Worker<'_, '_> {
         let point = self.ctx.mount_label(at);
         self.refuse(format!(
             "{} is on a read-only mount at {point}: nothing can be changed",
-            self.entry.path
+            self.shown()
         ));
     }
 
@@ -288,7 +300,9 @@ impl Worker<'_, '_> {
         {
             self.refuse(format!(
                 "chown {}:{} {} needs root (CAP_CHOWN)",
-                target.uid, target.gid, self.entry.path
+                target.uid,
+                target.gid,
+                self.shown()
             ));
         }
         Some(holder)
@@ -381,7 +395,8 @@ impl Worker<'_, '_> {
         if want == now {
             return true;
         }
-        if self.powers.euid != 0 && self.powers.euid != uid {
+        let owner_after = if reown && self.powers.chown { uid } else { before.uid };
+        if self.powers.euid != 0 && self.powers.euid != owner_after {
             self.refuse(format!("chmod {want:04o} {} needs its owner or root", show(path)));
             return true;
         }
@@ -421,8 +436,8 @@ impl Worker<'_, '_> {
         if !hardlinks.is_empty() {
             let first: Vec<String> = hardlinks.iter().take(5).map(|p| show(p)).collect();
             self.refuse(format!(
-                "{} hard-linked files not re-owned (a link may lead outside the tree; set \
-                 allow_hardlinks = true to re-own them): {}",
+                "{} hard-linked files left unchanged (another link may lead outside the \
+                 tree; set allow_hardlinks = true to change them): {}",
                 hardlinks.len(),
                 first.join(", ")
             ));
@@ -454,7 +469,9 @@ impl Worker<'_, '_> {
         if let Some(dir) = item.dir {
             return self.change_one(dir, item.path, uid, gid, mode, false);
         }
-        if owner_differs && st.st_nlink > 1 && !self.entry.allow_hardlinks {
+        // Another name for this inode may live outside the tree (a link to /etc/shadow):
+        // neither its owner nor its mode is changed unless the manifest allows it.
+        if st.st_nlink > 1 && !self.entry.allow_hardlinks {
             hardlinks.push(item.path.to_path_buf());
             return true;
         }

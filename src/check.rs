@@ -175,7 +175,12 @@ fn check_entry(ctx: &Context<'_>, entry: &Entry, res: &Resolution, probe: Probe)
 
     let mut report = EntryReport::new(entry.path.clone(), checks);
     report.found = st.map(|st| {
-        format!("{}:{} {:04o}", ctx.uid_value(st.st_uid), ctx.gid_value(st.st_gid), st.st_mode & 0o7777)
+        format!(
+            "{}:{} {:04o}",
+            ctx.uid_value(st.st_uid),
+            ctx.gid_value(st.st_gid),
+            st.st_mode & 0o7777
+        )
     });
     let resolved = res.resolved_path();
     if resolved != Path::new(&entry.path) {

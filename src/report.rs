@@ -281,7 +281,7 @@ fn write_entry(out: &mut impl Write, entry: &EntryReport) -> io::Result<()> {
     };
     let via = entry.resolved.as_ref().map(|r| format!(" (resolved: {r})")).unwrap_or_default();
     let found = entry.found.as_ref().map(|f| format!("  {}", f.dimmed())).unwrap_or_default();
-    writeln!(out, "{verdict}  {}{via}{found}", entry.path)?;
+    writeln!(out, "{verdict}  {}{via}{found}", escape(entry.path.as_bytes()))?;
     for change in entry.changes.iter().flatten() {
         let before = change.before.as_ref().map(|b| format!("{b} -> ")).unwrap_or_default();
         let action = format!("{:?}", change.action).to_lowercase();
