@@ -152,7 +152,12 @@ pub fn check<'a>(report: &'a serde_json::Value, path: &str, name: &str) -> &'a s
 /// (uid, gid, mode bits, ctime in ns) of a path, not following a symlink.
 pub fn stat(path: &Path) -> (u32, u32, u32, i128) {
     let m = fs::symlink_metadata(path).unwrap();
-    (m.uid(), m.gid(), m.mode() & 0o7777, m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128)
+    (
+        m.uid(),
+        m.gid(),
+        m.mode() & 0o7777,
+        m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+    )
 }
 
 /// stat() of every path below `top` (itself included), independently of the tool.
