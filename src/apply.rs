@@ -25,7 +25,7 @@ use crate::check::{self, Context, Wanted};
 use crate::cli::Setup;
 use crate::manifest::Entry;
 use crate::policy::{self, Meta};
-use crate::report::{Action, Change, Check, CheckKind, Report, Status, show};
+use crate::report::{Action, Change, Check, CheckKind, Report, Status, plural, show};
 use crate::resolve::{self, Links, Resolution, State};
 use crate::sys::{self, IdMap};
 use crate::walk::{self, Flow, Item};
@@ -57,9 +57,9 @@ struct Powers {
 }
 
 /// Applies the manifest and returns the report of the check that follows.
-pub fn run(setup: &Setup, ctx_arg: &str, opts: Options) -> Result<Report> {
+pub fn run(setup: &Setup, opts: Options) -> Result<Report> {
     let mut ctx = Context::new(&setup.root, &setup.accounts, &setup.identity, Method::Compute);
-    ctx.manifest_arg = ctx_arg.to_string();
+    ctx.repeat_flags = setup.repeat_flags.clone();
     let powers = Powers {
         euid: nix::unistd::geteuid().as_raw(),
         chown: sys::can_chown(),
@@ -226,8 +226,10 @@ impl Worker<'_, '_> {
             let verb = if self.opts.dry_run { "would" } else { "did" };
             let before = change.before.as_ref().map(|b| format!("{b} -> ")).unwrap_or_default();
             eprintln!(
-                "fs-preflight: {verb} {:?} {}: {before}{}",
-                change.action, change.path, change.after
+                "fs-preflight: {verb} {} {}: {before}{}",
+                change.action.name(),
+                change.path,
+                change.after
             );
         }
     }
@@ -262,8 +264,8 @@ impl Worker<'_, '_> {
                 meta.uid = self.powers.euid;
                 meta.gid = nix::unistd::getegid().as_raw();
             }
-            self.record(Action::Create, &path, None, ids_mode(meta));
             if self.opts.dry_run {
+                self.record(Action::Create, &path, None, ids_mode(meta));
                 continue;
             }
             let at = holder.as_ref().map_or(parent, |h| h.as_fd());
@@ -272,6 +274,7 @@ impl Worker<'_, '_> {
                 self.refuse(format!("cannot create {}: {}", show(&path), e.desc()));
                 return None;
             }
+            self.record(Action::Create, &path, None, ids_mode(meta));
             let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
             let fd = match openat(at, name.as_os_str(), flags, Mode::empty()) {
                 Ok(fd) => fd,
@@ -374,12 +377,12 @@ impl Worker<'_, '_> {
         if reown && !self.powers.chown {
             self.refuse(format!("chown {uid}:{gid} {} needs root (CAP_CHOWN)", show(path)));
         } else if reown {
-            self.record(Action::Chown, path, Some(ids(before)), format!("{uid}:{gid}"));
             if !self.opts.dry_run {
                 if let Err(e) = sys::chown_fd(fd, Some(uid), Some(gid)) {
                     return self.failed(path, "chown", e);
                 }
             }
+            self.record(Action::Chown, path, Some(ids(before)), format!("{uid}:{gid}"));
         }
         // The kernel clears setuid (and setgid with group-exec) on chown; a fresh stat
         // says what is left. A dry run predicts nothing and strips what it sees.
@@ -400,12 +403,12 @@ impl Worker<'_, '_> {
             self.refuse(format!("chmod {want:04o} {} needs its owner or root", show(path)));
             return true;
         }
-        self.record(Action::Chmod, path, Some(format!("{now:04o}")), format!("{want:04o}"));
         if !self.opts.dry_run {
             if let Err(e) = sys::chmod_fd(fd, want) {
                 return self.failed(path, "chmod", e);
             }
         }
+        self.record(Action::Chmod, path, Some(format!("{now:04o}")), format!("{want:04o}"));
         true
     }
 
@@ -436,9 +439,9 @@ impl Worker<'_, '_> {
         if !hardlinks.is_empty() {
             let first: Vec<String> = hardlinks.iter().take(5).map(|p| show(p)).collect();
             self.refuse(format!(
-                "{} hard-linked files left unchanged (another link may lead outside the \
-                 tree; set allow_hardlinks = true to change them): {}",
-                hardlinks.len(),
+                "{} left unchanged (another link may lead outside the tree; set \
+                 allow_hardlinks = true to change them): {}",
+                plural(hardlinks.len(), "hard-linked file", "hard-linked files"),
                 first.join(", ")
             ));
         }

@@ -18,7 +18,7 @@ use crate::access::{self, Acl, Method, SEARCH, WRITE};
 use crate::identity::{Accounts, Identity};
 use crate::manifest::Entry;
 use crate::policy::{self, Meta};
-use crate::report::{Check, CheckKind, EntryReport, Fix, Status, Value, show};
+use crate::report::{Check, CheckKind, EntryReport, Fix, Status, Value, plural, quote, show};
 use crate::resolve::{self, Links, Resolution, Root, State};
 use crate::sys::{self, IdMap, Mount};
 use crate::walk::{self, Flow};
@@ -32,8 +32,8 @@ pub struct Context<'a> {
     pub mounts: Vec<Mount>,
     /// Set inside a user namespace: the kernel's overflow ids mean "not mapped".
     pub overflow: Option<(u32, u32)>,
-    /// The manifest option to repeat in suggested commands, e.g. `--manifest app.toml`.
-    pub manifest_arg: String,
+    /// Options to repeat in suggested commands, e.g. ` --manifest app.toml --user 10001`.
+    pub repeat_flags: String,
 }
 
 impl<'a> Context<'a> {
@@ -58,7 +58,7 @@ impl<'a> Context<'a> {
             method,
             mounts: sys::mounts(),
             overflow,
-            manifest_arg: String::new(),
+            repeat_flags: String::new(),
         }
     }
 
@@ -100,9 +100,14 @@ impl<'a> Context<'a> {
         sys::mount_of(&self.mounts, &self.root.host_path(path))
     }
 
-    /// The mount point holding a container path, for messages.
+    /// The mount point holding a container path, for messages: as the container sees it
+    /// when it lies inside the root, as the host sees it otherwise.
     pub fn mount_label(&self, path: &Path) -> String {
-        self.mount_of(path).map_or_else(|| "?".to_string(), |m| show(&m.point))
+        let Some(m) = self.mount_of(path) else { return "?".to_string() };
+        match m.point.strip_prefix(&self.root.host) {
+            Ok(inside) => show(&Path::new("/").join(inside)),
+            Err(_) => format!("{} (on the host)", show(&m.point)),
+        }
     }
 }
 
@@ -148,21 +153,21 @@ fn check_entry(ctx: &Context<'_>, entry: &Entry, res: &Resolution, probe: Probe)
         (Some(want), Some(st)) => {
             compare(CheckKind::Owner, ctx.uid_value(want), ctx.uid_value(st.st_uid))
         }
-        (Some(_), None) => Check::new(CheckKind::Owner, Status::Skip, "entry is not a directory"),
+        (Some(_), None) => Check::new(CheckKind::Owner, Status::Skip, absent(res)),
         (None, _) => Check::new(CheckKind::Owner, Status::Skip, "not asked"),
     });
     checks.push(match (entry.group, st) {
         (Some(want), Some(st)) => {
             compare(CheckKind::Group, ctx.gid_value(want), ctx.gid_value(st.st_gid))
         }
-        (Some(_), None) => Check::new(CheckKind::Group, Status::Skip, "entry is not a directory"),
+        (Some(_), None) => Check::new(CheckKind::Group, Status::Skip, absent(res)),
         (None, _) => Check::new(CheckKind::Group, Status::Skip, "not asked"),
     });
     checks.push(match (entry.mode, st) {
         (Some(want), Some(st)) => {
             compare(CheckKind::Mode, Value::Mode(want), Value::Mode(st.st_mode & 0o7777))
         }
-        (Some(_), None) => Check::new(CheckKind::Mode, Status::Skip, "entry is not a directory"),
+        (Some(_), None) => Check::new(CheckKind::Mode, Status::Skip, absent(res)),
         (None, _) => Check::new(CheckKind::Mode, Status::Skip, "not asked"),
     });
     checks.push(ancestors(ctx, res));
@@ -183,28 +188,42 @@ fn check_entry(ctx: &Context<'_>, entry: &Entry, res: &Resolution, probe: Probe)
         )
     });
     let resolved = res.resolved_path();
-    if resolved != Path::new(&entry.path) {
+    if !res.links.is_empty() && matches!(res.state, State::Directory | State::Missing { .. }) {
         report.resolved = Some(show(&resolved));
     }
     for link in &res.links {
-        report.notes.push(format!("followed symlink {} -> {}", show(&link.at), show(&link.target)));
-    }
-    if let Some(dir) = &res.entry {
-        if let Some(m) =
-            ctx.mount_of(&dir.path).filter(|m| m.point == ctx.root.host_path(&dir.path))
-        {
-            report.notes.push(format!(
-                "{} is a mount point ({}): what is mounted here at run time decides its owner \
-                 and mode, not the image",
-                show(&dir.path),
-                m.fstype
-            ));
+        let mut note = format!("followed symlink {} -> {}", show(&link.at), show(&link.target));
+        if !link.trusted {
+            note.push_str(
+                "; it is not root's, or sits where others may write, so apply will not follow it",
+            );
         }
+        report.notes.push(note);
+    }
+    let mount_point = res.entry.as_ref().and_then(|dir| {
+        ctx.mount_of(&dir.path).filter(|m| m.point == ctx.root.host_path(&dir.path))
+    });
+    if let (Some(m), Some(dir)) = (mount_point, &res.entry) {
+        report.notes.push(format!(
+            "{} is a mount point ({}): what is mounted here at run time decides its owner \
+             and mode, not the image",
+            show(&dir.path),
+            m.fstype
+        ));
     }
     if report.failed() {
-        report.fixes = fixes(ctx, entry, res, &report.checks);
+        report.fixes = fixes(ctx, entry, res, &report.checks, mount_point.is_some());
     }
     report
+}
+
+/// Why checks of an entry's own values do not apply.
+fn absent(res: &Resolution) -> &'static str {
+    match res.state {
+        State::Missing { .. } => "entry missing",
+        State::Blocked { .. } => "entry unreachable",
+        _ => "entry is not a directory",
+    }
 }
 
 fn compare(kind: CheckKind, expected: Value, actual: Value) -> Check {
@@ -269,7 +288,7 @@ fn kind(res: &Resolution) -> Check {
             format!("is a symlink to {}; the entry itself must be a real directory", show(target)),
         )
         .values(dir(), Some(Value::Text("symlink".into()))),
-        State::Missing { .. } | State::Blocked { .. } => c(Status::Skip, "entry missing".into()),
+        State::Missing { .. } | State::Blocked { .. } => c(Status::Skip, absent(res).into()),
     }
 }
 
@@ -285,7 +304,7 @@ fn ancestors(ctx: &Context<'_>, res: &Resolution) -> Check {
         None => Check::new(
             CheckKind::Ancestors,
             Status::Pass,
-            format!("{} ancestors searchable", res.searched.len()),
+            format!("{} searchable", plural(res.searched.len(), "ancestor", "ancestors")),
         ),
     }
 }
@@ -296,7 +315,7 @@ fn writable(ctx: &Context<'_>, entry: &Entry, res: &Resolution, probe: &Probe, r
         return c(Status::Skip, "not required".into());
     }
     let Some(dir) = &res.entry else {
-        return c(Status::Skip, "entry is not a directory".into());
+        return c(Status::Skip, absent(res).into());
     };
     let who = ctx.who();
     let verdict = match probe {
@@ -312,7 +331,7 @@ fn writable(ctx: &Context<'_>, entry: &Entry, res: &Resolution, probe: &Probe, r
                 let how = if acl.is_some() { "mode bits and ACL" } else { "mode bits" };
                 return c(Status::Pass, format!("{who} may write here (computed from {how})"));
             }
-            format!("{who} may not write here ({}; computed)", ctx.describe(&dir.st))
+            format!("{who} cannot write here ({}; computed, not probed)", ctx.describe(&dir.st))
         }
     };
     c(Status::Fail, verdict)
@@ -325,9 +344,8 @@ fn read_only(ctx: &Context<'_>, res: &Resolution) -> Check {
     if !sys::is_read_only(dir.fd()) {
         return c(Status::Pass, "on a writable mount".into());
     }
-    let mount = ctx.mount_of(&dir.path);
-    let point = mount.map_or_else(|| "?".to_string(), |m| show(&m.point));
-    let fstype = mount.map_or("", |m| m.fstype.as_str());
+    let point = ctx.mount_label(&dir.path);
+    let fstype = ctx.mount_of(&dir.path).map_or("", |m| m.fstype.as_str());
     c(Status::Fail, format!("on a read-only mount at {point} ({fstype})")).values(
         Some(Value::Text("read-write".into())),
         Some(Value::Text(format!("read-only {point}"))),
@@ -391,7 +409,7 @@ fn contents(ctx: &Context<'_>, entry: &Entry, res: &Resolution) -> Check {
         return c(Status::Skip, "nothing asked of the contents".into());
     }
     let Some(dir) = &res.entry else {
-        return c(Status::Skip, "entry is not a directory".into());
+        return c(Status::Skip, absent(res).into());
     };
     let top = match open_for_walk(dir.fd()) {
         Ok(top) => top,
@@ -447,63 +465,125 @@ pub fn mount_points(ctx: &Context<'_>, path: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Fixes for a failing entry: a Dockerfile line for the image, and `apply`.
-fn fixes(ctx: &Context<'_>, entry: &Entry, res: &Resolution, checks: &[Check]) -> Vec<Fix> {
+/// Fixes for a failing entry, for where the user is: a Dockerfile line for the image (or a
+/// run-time step when a volume is mounted there), and `fs-preflight apply` when it can help.
+fn fixes(
+    ctx: &Context<'_>,
+    entry: &Entry,
+    res: &Resolution,
+    checks: &[Check],
+    mount_point: bool,
+) -> Vec<Fix> {
     let failed = |k: CheckKind| checks.iter().any(|c| c.check == k && c.status == Status::Fail);
-    let dockerfile = "in the Dockerfile, before USER";
-    let path = show(Path::new(&entry.path));
-    let mut out = Vec::new();
+    let path = quote(&show(Path::new(&entry.path)));
     if failed(CheckKind::ReadOnly) {
-        out.push(Fix {
+        return vec![Fix {
             place: "at run time".into(),
             command: format!(
                 "mount a writable volume at {path} (docker run --mount type=volume,dst={path}; \
                  Kubernetes: an emptyDir volume), or drop the read-only root filesystem"
             ),
-        });
-        return out;
+        }];
+    }
+    if let Some(link) = res.links.iter().find(|l| !l.trusted) {
+        return vec![Fix {
+            place: "first".into(),
+            command: format!(
+                "replace the symlink {} with a real directory, or list {} in the manifest",
+                quote(&show(&link.at)),
+                quote(&show(&res.resolved_path()))
+            ),
+        }];
     }
     let current = res.entry.as_ref().map(|d| Meta {
         uid: d.st.st_uid,
         gid: d.st.st_gid,
         mode: d.st.st_mode & 0o7777,
     });
-    let target = policy::target(entry, ctx.identity, current).meta;
-    let mut run = Vec::new();
-    match &res.state {
-        State::Missing { .. } => run.push(format!(
-            "install -d -o {} -g {} -m {:04o} {path}",
-            target.uid, target.gid, target.mode
-        )),
-        State::Symlink { .. } | State::NotDirectory { .. } => run.push(format!(
-            "rm {path} && install -d -o {} -g {} -m {:04o} {path}",
-            target.uid, target.gid, target.mode
-        )),
-        _ => {
-            if let Some(now) = current {
-                let chown_r = if entry.recursive { "chown -R" } else { "chown" };
-                if (now.uid, now.gid) != (target.uid, target.gid) {
-                    run.push(format!("{chown_r} {}:{} {path}", target.uid, target.gid));
-                }
-                if now.mode != target.mode {
-                    run.push(format!("chmod {:04o} {path}", target.mode));
-                }
+    // Inside a user namespace the overflow ids are not real owners: never suggest them.
+    let current = current.map(|mut m| {
+        if let Some((ou, og)) = ctx.overflow {
+            if m.uid == ou {
+                m.uid = ctx.identity.uid;
+            }
+            if m.gid == og {
+                m.gid = ctx.identity.gid;
             }
         }
-    }
+        m
+    });
+    let target = policy::target(entry, ctx.identity, current).meta;
+    let install =
+        format!("install -d -o {} -g {} -m {:04o} {path}", target.uid, target.gid, target.mode);
+    let mut run = Vec::new();
     if failed(CheckKind::Ancestors) {
         if let Some(d) =
             res.searched.iter().find(|d| !access::searchable(ctx.identity, d.fd(), &d.st))
         {
-            run.insert(0, format!("chmod o+x {}", show(&d.path)));
+            run.push(format!("chmod o+x {}", quote(&show(&d.path))));
         }
     }
-    if !run.is_empty() {
-        out.push(Fix { place: dockerfile.into(), command: format!("RUN {}", run.join(" && ")) });
+    match (&res.state, current) {
+        (State::Missing { .. }, _) => run.push(install),
+        (State::Symlink { .. } | State::NotDirectory { .. }, _) => {
+            run.push(format!("rm {path} && {install}"))
+        }
+        (State::Directory, Some(now)) => {
+            let chown = if entry.recursive && (entry.owner.is_some() || entry.group.is_some()) {
+                "chown -R"
+            } else {
+                "chown"
+            };
+            if (now.uid, now.gid) != (target.uid, target.gid) || chown == "chown -R" {
+                run.push(format!("{chown} {}:{} {path}", target.uid, target.gid));
+            }
+            if now.mode != target.mode {
+                run.push(format!("chmod {:04o} {path}", target.mode));
+            }
+            if entry.recursive {
+                for (kind, mode) in [("d", entry.dir_mode), ("f", entry.file_mode)] {
+                    if let Some(m) = mode {
+                        run.push(format!(
+                            "find {path} -mindepth 1 -type {kind} -exec chmod {m:04o} {{}} +"
+                        ));
+                    }
+                }
+            }
+        }
+        _ => {}
     }
-    out.push(Fix {
-        place: "or let fs-preflight do it, as root (image build or entrypoint)".into(),
-        command: format!("fs-preflight apply{}", ctx.manifest_arg),
-    });
+    let flags = &ctx.repeat_flags;
+    let mut out = Vec::new();
+    if !run.is_empty() {
+        if mount_point {
+            out.push(Fix {
+                place: "at run time, as root, before the app starts (a volume is mounted \
+                        here, so the image's values do not count)"
+                    .into(),
+                command: format!("fs-preflight exec --apply{flags} -- CMD..."),
+            });
+            out.push(Fix {
+                place: "or in Kubernetes, for a group-writable volume".into(),
+                command: format!("securityContext: {{fsGroup: {}}}", ctx.identity.gid),
+            });
+            return out;
+        }
+        out.push(Fix {
+            place: "in the Dockerfile, before USER".into(),
+            command: format!("RUN {}", run.join(" && ")),
+        });
+    }
+    let apply_helps = [CheckKind::Owner, CheckKind::Group, CheckKind::Mode, CheckKind::Writable]
+        .into_iter()
+        .chain([CheckKind::Contents])
+        .any(failed)
+        || matches!(res.state, State::Missing { .. }) && entry.create;
+    if apply_helps {
+        let or = if out.is_empty() { "" } else { "or, " };
+        out.push(Fix {
+            place: format!("{or}as root, at image build or in the entrypoint"),
+            command: format!("fs-preflight apply{flags}"),
+        });
+    }
     out
 }

@@ -2,7 +2,7 @@
 //! root, the account files, the manifest and the identity. The rest of the tool never sees
 //! clap types.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::identity::{Accounts, Identity};
 use crate::manifest::{self, Entry};
+use crate::report::{escape, quote};
 use crate::resolve::Root;
 
 /// Make sure a container's directories are ready for the user it runs as.
@@ -102,8 +103,8 @@ pub struct Setup {
     pub accounts: Accounts,
     pub identity: Identity,
     pub entries: Vec<Entry>,
-    /// The `--manifest` option to repeat in suggested commands (empty when found by default).
-    pub manifest_arg: String,
+    /// The options that chose the manifest, root and user, to repeat in suggested commands.
+    pub repeat_flags: String,
 }
 
 impl Common {
@@ -127,7 +128,7 @@ impl Common {
     pub fn setup(&self) -> Result<Setup> {
         let root = Root::open(self.root.as_deref().unwrap_or(Path::new("/")))?;
         let accounts = Accounts::load(&root.host)?;
-        let (file, manifest_arg) = self.find_manifest(&root)?;
+        let file = self.find_manifest(&root)?;
         let env = |name: &str| std::env::var(name).ok();
         let manifest = manifest::load(&file, &env)?;
         let identity = match (&self.user, &manifest.user) {
@@ -138,26 +139,44 @@ impl Common {
             (None, None) => accounts.current(),
         };
         let entries = manifest.resolve(&accounts, &identity)?;
-        Ok(Setup { root, accounts, identity, entries, manifest_arg })
+        Ok(Setup { root, accounts, identity, entries, repeat_flags: self.repeat_flags() })
     }
 
-    fn find_manifest(&self, root: &Root) -> Result<(PathBuf, String)> {
+    fn find_manifest(&self, root: &Root) -> Result<PathBuf> {
         if let Some(file) = &self.manifest {
-            return Ok((file.clone(), format!(" --manifest {}", file.display())));
+            return Ok(file.clone());
         }
         if let Some(file) = std::env::var_os("FS_PREFLIGHT_MANIFEST").filter(|v| !v.is_empty()) {
-            return Ok((PathBuf::from(file), String::new()));
+            return Ok(PathBuf::from(file));
         }
         let candidates =
             [PathBuf::from("fs-preflight.toml"), root.host.join("etc/fs-preflight.toml")];
         match candidates.into_iter().find(|c| c.is_file()) {
-            Some(file) => Ok((file, String::new())),
+            Some(file) => Ok(file),
             None => bail!(
                 "no manifest: pass --manifest FILE, set FS_PREFLIGHT_MANIFEST, or create \
                  ./fs-preflight.toml or {}",
                 root.host.join("etc/fs-preflight.toml").display()
             ),
         }
+    }
+
+    /// ` --manifest FILE --root DIR --user SPEC`, as far as they were given.
+    fn repeat_flags(&self) -> String {
+        let mut out = String::new();
+        let mut add = |flag: &str, value: &OsStr| {
+            out.push_str(&format!(" {flag} {}", quote(&escape(value.as_encoded_bytes()))));
+        };
+        if let Some(m) = &self.manifest {
+            add("--manifest", m.as_os_str());
+        }
+        if let Some(r) = &self.root {
+            add("--root", r.as_os_str());
+        }
+        if let Some(u) = &self.user {
+            add("--user", OsStr::new(u));
+        }
+        out
     }
 }
 

@@ -16,24 +16,34 @@ use nix::errno::Errno;
 use nix::sys::signal::{SigHandler, Signal, signal};
 use nix::unistd::{Gid, Uid};
 
-use crate::identity::Identity;
+use crate::identity::{Accounts, Identity};
 
 /// Exit code when the program exists but cannot be executed, as shells use it.
 pub const NOT_EXECUTABLE: u8 = 126;
 /// Exit code when the program is not found.
 pub const NOT_FOUND: u8 = 127;
 
-/// Refuses, before anything else happens, an identity this process cannot become.
-pub fn ensure_can_become(identity: &Identity) -> Result<()> {
-    if nix::unistd::geteuid().is_root() || identity.is_current_process() {
-        return Ok(());
+/// The identity the program will run as. Root becomes `wanted`. A process that is not
+/// root stays what it is: that is `wanted` when uid and gid match, with whatever extra
+/// groups the runtime gave it (Kubernetes fsGroup and supplementalGroups add some, and
+/// only root could drop them). Any other identity cannot be had: an error, before
+/// anything else happens.
+pub fn runtime_identity(wanted: &Identity, accounts: &Accounts) -> Result<Identity> {
+    if nix::unistd::geteuid().is_root() || wanted.is_current_process() {
+        return Ok(wanted.clone());
+    }
+    let me = accounts.current();
+    let effective = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+    if (me.uid, me.gid) == (wanted.uid, wanted.gid) && effective == (me.uid, me.gid) {
+        return Ok(Identity { name: wanted.name.clone(), home: wanted.home.clone(), ..me });
     }
     bail!(
-        "cannot run as uid {} gid {}: this process is uid {} and not root; start it as root \
-         or give --user the identity it already has",
-        identity.uid,
-        identity.gid,
-        nix::unistd::geteuid()
+        "cannot run as uid {} gid {}: this process is uid {} gid {} and not root; start it \
+         as root, or give --user the identity it already has",
+        wanted.uid,
+        wanted.gid,
+        effective.0,
+        effective.1
     )
 }
 
@@ -84,7 +94,13 @@ fn search_and_exec(program: &OsStr, args: &[CString]) -> Errno {
         let Ok(candidate) = CString::new(candidate) else { continue };
         match nix::unistd::execv(&candidate, args).unwrap_err() {
             Errno::ENOENT | Errno::ENOTDIR => {}
-            Errno::EACCES => seen = Errno::EACCES,
+            // EACCES also comes from a PATH directory this user cannot search (root's
+            // /root/.cargo/bin after dropping privileges): that is "not found" unless the
+            // file itself can be seen.
+            Errno::EACCES if nix::sys::stat::stat(candidate.as_c_str()).is_ok() => {
+                seen = Errno::EACCES
+            }
+            Errno::EACCES => {}
             other => return other,
         }
     }

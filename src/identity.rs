@@ -85,7 +85,7 @@ impl Accounts {
             Some((u, g)) => (u, Some(g)),
             None => (spec, None),
         };
-        if user_part.is_empty() || group_part == Some("") {
+        if user_part.is_empty() || group_part.is_some_and(|g| g.is_empty() || g.contains(':')) {
             bail!("user {spec:?} is not of the form name, uid, uid:gid or name:group");
         }
         let entry = match numeric(user_part, "user")? {
@@ -300,5 +300,7 @@ mod tests {
         assert!(accounts().resolve("1:4294967295").is_err());
         assert!(accounts().resolve(":1").is_err());
         assert!(accounts().resolve("1:").is_err());
+        let e = accounts().resolve("a:b:c").unwrap_err().to_string();
+        assert!(e.contains("not of the form"), "{e}");
     }
 }

@@ -54,19 +54,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             common.apply_color(Common::stdout_is_terminal());
             let setup = common.setup()?;
             let opts = apply::Options { dry_run: *dry_run, log: !common.quiet };
-            let report = apply::run(&setup, &setup.manifest_arg, opts)?;
+            let report = apply::run(&setup, opts)?;
             emit(common, &report, std::io::stdout().lock())?;
             Ok(verdict(&report))
         }
         Command::Exec { apply, warn_only, argv } => {
             common.apply_color(std::io::stderr().is_terminal());
-            let setup = common.setup()?;
-            exec::ensure_can_become(&setup.identity)?;
+            let mut setup = common.setup()?;
+            setup.identity = exec::runtime_identity(&setup.identity, &setup.accounts)?;
             let report = if *apply && nix::unistd::geteuid().is_root() {
                 let opts = apply::Options { dry_run: false, log: !common.quiet };
-                apply::run(&setup, &setup.manifest_arg, opts)?
+                apply::run(&setup, opts)?
             } else {
-                if *apply {
+                if *apply && !common.quiet {
                     eprintln!("fs-preflight: --apply needs root; checking only");
                 }
                 check_setup(common, &setup)?
@@ -89,7 +89,7 @@ fn check(common: &Common) -> Result<Report> {
 fn check_setup(common: &Common, setup: &cli::Setup) -> Result<Report> {
     let method = Method::choose(&setup.identity, !common.no_probe);
     let mut ctx = check::Context::new(&setup.root, &setup.accounts, &setup.identity, method);
-    ctx.manifest_arg = setup.manifest_arg.clone();
+    ctx.repeat_flags = setup.repeat_flags.clone();
     let entries = check::check_all(&ctx, &setup.entries)?;
     Ok(Report::new("check", &setup.root.host, &setup.identity, ctx.writability(), entries))
 }

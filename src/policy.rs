@@ -55,8 +55,21 @@ pub fn unwritable_by_design(entry: &Entry, identity: &Identity) -> Option<String
     if user_class || group_class || other_class {
         return None;
     }
+    // Name what is missing from the class that would apply to the identity.
+    let bits = if owner_is_us || !others_own && entry.group.is_none() {
+        mode >> 6
+    } else if entry.group.is_some_and(|g| identity.in_group(g)) {
+        mode >> 3
+    } else {
+        mode
+    };
+    let lacks = match (bits & 0o2 == 0, bits & 0o1 == 0) {
+        (true, true) => "neither write nor search it",
+        (true, false) => "search it but not write there",
+        _ => "write there but not search it",
+    };
     Some(format!(
-        "mode {mode:04o} with {} lets uid {} neither write nor search it",
+        "mode {mode:04o} with {} lets uid {} {lacks}",
         match (entry.owner, entry.group) {
             (Some(o), Some(g)) => format!("owner {o} and group {g}"),
             (Some(o), None) => format!("owner {o}"),

@@ -128,6 +128,16 @@ pub enum Action {
     Chmod,
 }
 
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Chown => "chown",
+            Action::Chmod => "chmod",
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct EntryReport {
     pub path: String,
@@ -244,10 +254,10 @@ impl Report {
             return Ok(());
         }
         let mut heading = format!(
-            "fs-preflight {}{}: {} entries for {}",
+            "fs-preflight {}{}: {} for {}",
             self.command,
             if self.dry_run { " --dry-run" } else { "" },
-            self.summary.entries,
+            plural(self.summary.entries, "entry", "entries"),
             self.identity.describe()
         );
         if self.root != "/" {
@@ -258,16 +268,16 @@ impl Report {
             write_entry(&mut out, entry)?;
         }
         let mut tail = format!(
-            "{} of {} entries pass, {} fail ({} failed checks); writability {}",
+            "{} of {} pass, {} fail ({}); writability {}",
             self.summary.passed,
-            self.summary.entries,
+            plural(self.summary.entries, "entry", "entries"),
             self.summary.failed,
-            self.summary.checks_failed,
+            plural(self.summary.checks_failed, "failed check", "failed checks"),
             self.writability
         );
         if let Some(changed) = self.summary.changed {
             let verb = if self.dry_run { "to make" } else { "made" };
-            tail.push_str(&format!("; {changed} changes {verb}"));
+            tail.push_str(&format!("; {} {verb}", plural(changed, "change", "changes")));
         }
         let tail = if self.passed() { tail.green() } else { tail.red() };
         writeln!(out, "{tail}")
@@ -284,7 +294,7 @@ fn write_entry(out: &mut impl Write, entry: &EntryReport) -> io::Result<()> {
     writeln!(out, "{verdict}  {}{via}{found}", escape(entry.path.as_bytes()))?;
     for change in entry.changes.iter().flatten() {
         let before = change.before.as_ref().map(|b| format!("{b} -> ")).unwrap_or_default();
-        let action = format!("{:?}", change.action).to_lowercase();
+        let action = change.action.name();
         writeln!(out, "      {} {}: {before}{}", action.cyan(), change.path, change.after)?;
     }
     for check in entry.checks.iter().filter(|c| c.status == Status::Fail) {
@@ -325,6 +335,20 @@ pub fn escape(bytes: &[u8]) -> String {
     out
 }
 
+/// `1 entry`, `2 entries`.
+pub fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Quotes a word for a POSIX shell (a Dockerfile `RUN` line) when it needs quoting.
+pub fn quote(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./:=@%+,".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        return word.to_string();
+    }
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
 /// [`escape`] for a path.
 pub fn show(path: &Path) -> String {
     escape(path.as_os_str().as_encoded_bytes())
@@ -333,6 +357,14 @@ pub fn show(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn words_are_quoted_for_the_shell() {
+        assert_eq!(quote("/app/data"), "/app/data");
+        assert_eq!(quote("/app/my media"), "'/app/my media'");
+        assert_eq!(quote("/a$b"), "'/a$b'");
+        assert_eq!(quote("/it's"), "'/it'\\''s'");
+    }
 
     #[test]
     fn hostile_names_are_escaped() {

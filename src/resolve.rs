@@ -68,6 +68,8 @@ pub struct Dir {
 pub struct Link {
     pub at: PathBuf,
     pub target: PathBuf,
+    /// Placed by root where only root may write: the only kind `apply` follows.
+    pub trusted: bool,
 }
 
 /// What was found at the end of the path.
@@ -164,7 +166,8 @@ pub fn resolve(root: &Root, path: &Path, links: Links) -> Result<Resolution> {
             if followed > MAX_LINKS {
                 return Ok(blocked(res, here, "too many levels of symbolic links"));
             }
-            if links == Links::TrustedOnly && !trusted_link(&st, &top.st) {
+            let trusted = trusted_link(&st, &top.st);
+            if links == Links::TrustedOnly && !trusted {
                 let why = format!(
                     "symlink to {} is not trusted: only links that root owns, in a directory \
                      only root may write, are followed when changing things",
@@ -172,7 +175,7 @@ pub fn resolve(root: &Root, path: &Path, links: Links) -> Result<Resolution> {
                 );
                 return Ok(blocked(res, here, &why));
             }
-            res.links.push(Link { at: here, target: target.clone() });
+            res.links.push(Link { at: here, target: target.clone(), trusted });
             if target.is_absolute() {
                 stack.truncate(1);
             }
