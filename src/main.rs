@@ -66,12 +66,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let opts = apply::Options { dry_run: false, log: !common.quiet };
                 apply::run(&setup, opts)?
             } else {
-                if *apply && !common.quiet {
-                    eprintln!("fs-preflight: --apply needs root; checking only");
-                }
                 check_setup(common, &setup)?
             };
             emit(common, &report, std::io::stderr().lock())?;
+            if *apply && !report.passed() && !nix::unistd::geteuid().is_root() {
+                eprintln!("fs-preflight: --apply needs root: nothing was fixed, only checked");
+            }
             if !report.passed() && !*warn_only {
                 eprintln!("fs-preflight: not starting {:?}: the checks failed", argv[0]);
                 return Ok(ExitCode::from(FAILED));

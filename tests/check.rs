@@ -135,7 +135,7 @@ fn listing(dir: &Path) -> Vec<String> {
 }
 
 // ---------------------------------------------------------------------------------------
-// 2. A directory created root-owned by WORKDIR after USER.
+// A directory created root-owned by WORKDIR after USER.
 
 #[test]
 #[cfg_attr(not_root, ignore = "needs root")]
@@ -189,7 +189,7 @@ fn workdir_after_user_is_root_owned_owner_and_writable_fail() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 3. docker run --user 1004:1004, no passwd entry for 1004.
+// docker run --user 1004:1004, no passwd entry for 1004.
 
 #[test]
 #[cfg_attr(not_root, ignore = "needs root")]
@@ -234,7 +234,7 @@ fn docker_user_without_passwd_entry_probes_with_exactly_its_gid() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 4. OpenShift: an arbitrary uid with no passwd entry runs with gid 0.
+// OpenShift: an arbitrary uid with no passwd entry runs with gid 0.
 
 #[test]
 #[cfg_attr(not_root, ignore = "needs root")]
@@ -265,7 +265,7 @@ fn openshift_arbitrary_uid_gets_gid_zero() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 5. Supplementary groups from the image's /etc/group.
+// Supplementary groups from the image's /etc/group.
 
 #[test]
 #[cfg_attr(not_root, ignore = "needs root")]
@@ -295,7 +295,7 @@ fn supplementary_groups_come_with_a_name_but_not_with_name_group() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 6. A read-only mount.
+// A read-only mount.
 
 /// A mount that is always undone, even when the test panics.
 struct Mounted(PathBuf);
@@ -370,7 +370,7 @@ fn read_only_mount_fails_and_names_the_mount_point() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 7. Run as a non-root user: no --user means this process.
+// Run as a non-root user: no --user means this process.
 
 #[test]
 #[cfg_attr(not_root, ignore = "needs root")]
@@ -424,7 +424,7 @@ fn non_root_run_checks_for_the_current_process() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 8. Every manifest error: exit 2, file:line:col, nothing written.
+// Every manifest error: exit 2, file:line:col, nothing written.
 
 /// The (line, column) that stderr gives for `file`, if it names it as `file:line:col`.
 fn location(stderr: &str, file: &str) -> Option<(usize, usize)> {
