@@ -647,3 +647,61 @@ fn manifest_error_control_valid_head_is_created_by_apply() {
     assert_exit(&out, 1);
     assert_eq!(check(&json(&out), "/set", "exists")["status"], "fail");
 }
+
+// ---- the fixes a failing entry suggests ---------------------------------------------------
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn suggested_commands_repeat_the_options_used_and_are_quoted() {
+    root_only();
+    let (t, m) = container("[[dir]]\npath = \"/app/my media\"\n");
+    t.dir("app", 0, 0, 0o755);
+    let root = t.p("");
+    let out = check_json(&t, &m, &["--user", "appuser"]);
+    assert_exit(&out, 1);
+    let fix = fixes(&json(&out), "/app/my media");
+    assert!(fix.contains("RUN install -d -o 10001 -g 10001 -m 0755 '/app/my media'"), "{fix}");
+    assert!(
+        fix.contains(&format!("fs-preflight apply --manifest {m} --root {root} --user appuser")),
+        "{fix}"
+    );
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn a_symlink_planted_by_the_user_is_named_and_no_fix_goes_through_it() {
+    root_only();
+    let (t, m) = container("[[dir]]\npath = \"/home/u/logs/sub\"\n");
+    t.dir("home/u", 10001, 10001, 0o755);
+    t.dir("etc", 0, 0, 0o755);
+    std::os::unix::fs::symlink("/etc", t.path("home/u/logs")).unwrap();
+    std::os::unix::fs::lchown(t.path("home/u/logs"), Some(10001), Some(10001)).unwrap();
+    let out = check_json(&t, &m, &["--user", "appuser"]);
+    assert_exit(&out, 1);
+    let r = json(&out);
+    let e = entry(&r, "/home/u/logs/sub");
+    assert_eq!(e["resolved"], "/etc/sub");
+    assert!(e["notes"][0].as_str().unwrap().contains("apply will not follow it"), "{e:#}");
+    let fix = fixes(&r, "/home/u/logs/sub");
+    assert!(fix.contains("replace the symlink /home/u/logs"), "{fix}");
+    assert!(!fix.contains("install -d") && !fix.contains("fs-preflight apply"), "{fix}");
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn apply_is_not_suggested_for_what_it_refuses() {
+    root_only();
+    let (t, m) = container("[[dir]]\npath = \"/data\"\n[[dir]]\npath = \"/link\"\n");
+    t.file("data", 0, 0, 0o644);
+    t.dir("real", 10001, 10001, 0o755);
+    std::os::unix::fs::symlink("real", t.path("link")).unwrap();
+    let out = check_json(&t, &m, &["--user", "appuser"]);
+    assert_exit(&out, 1);
+    let r = json(&out);
+    for path in ["/data", "/link"] {
+        let fix = fixes(&r, path);
+        assert!(fix.contains(&format!("RUN rm {path} && install -d")), "{fix}");
+        assert!(!fix.contains("fs-preflight apply"), "{path}: {fix}");
+        assert_eq!(entry(&r, path).get("resolved"), None, "{path}: no symlink was followed");
+    }
+}

@@ -436,3 +436,34 @@ fn run_as_bounded(uid: u32, gid: u32, args: &[&str]) -> Output {
     c.args(args).env_remove("NO_COLOR").env_remove("FS_PREFLIGHT_MANIFEST").timeout(TIMEOUT);
     c.output().unwrap()
 }
+
+// ---- what a non-root runtime hands over ----------------------------------------------------
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn a_non_root_process_with_extra_runtime_groups_runs_with_them() {
+    root_only();
+    let fx = Fixture::new();
+    // As Kubernetes runs a pod with runAsUser 10001, runAsGroup 10001 and fsGroup 2000.
+    let args = fx.args(&["--user", "10001:10001", "--", "id", "-G"]);
+    let mut c = assert_cmd::Command::new("setpriv");
+    c.args(["--reuid=10001", "--regid=10001", "--groups=2000", BIN]).args(&args);
+    c.env_remove("NO_COLOR").env_remove("FS_PREFLIGHT_MANIFEST").timeout(TIMEOUT);
+    let out = c.output().unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(stdout(&out), "10001 2000\n", "the groups the process has are kept");
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn a_path_directory_the_user_cannot_search_means_not_found() {
+    root_only();
+    let fx = Fixture::new();
+    // root's own bin directory, unreadable once the program runs as 10001.
+    let private = fx.t.dir("private", 0, 0, 0o700);
+    let path = format!("{}:/usr/bin:/bin", private.display());
+    let args = fx.args(&["--user", "10001:10001", "--", "no-such-program-here"]);
+    let out = fsp(&args, &[("PATH", &path)]);
+    assert_exit(&out, 127);
+    assert!(stderr(&out).contains("no-such-program-here: command not found"), "{}", stderr(&out));
+}
