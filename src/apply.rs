@@ -451,8 +451,8 @@ impl Worker<'_, '_> {
         }
         if let Some((p, e)) = outcome.errors.first() {
             self.refuse(format!(
-                "{} entries unreadable (first: {}: {})",
-                outcome.errors.len(),
+                "{} unreadable (first: {}: {})",
+                plural(outcome.errors.len(), "entry", "entries"),
                 show(p),
                 e.desc()
             ));
