@@ -269,6 +269,7 @@ impl Worker<'_, '_> {
                 continue;
             }
             let at = holder.as_ref().map_or(parent, |h| h.as_fd());
+            let made_at = now_seconds();
             // Created private, then given owner and mode: never briefly open to others.
             if let Err(e) = mkdirat(at, name.as_os_str(), Mode::from_bits_truncate(0o700)) {
                 self.refuse(format!("cannot create {}: {}", show(&path), e.desc()));
@@ -287,7 +288,7 @@ impl Worker<'_, '_> {
                     return None;
                 }
             };
-            if let Err(e) = self.set(fd.as_fd(), meta) {
+            if let Err(e) = self.set(fd.as_fd(), meta, made_at) {
                 self.refuse(format!(
                     "cannot set {} on new {}: {}",
                     ids_mode(meta),
@@ -312,9 +313,8 @@ impl Worker<'_, '_> {
     }
 
     /// Sets owner, group and mode on a directory this run just made, and confirms them.
-    fn set(&self, fd: BorrowedFd<'_>, meta: Meta) -> Result<(), Errno> {
-        let st = fstat(fd)?;
-        if !sys::is_dir(&st) || st.st_uid != self.powers.euid {
+    fn set(&self, fd: BorrowedFd<'_>, meta: Meta, made_at: i64) -> Result<(), Errno> {
+        if !just_made(fd, self.powers.euid, made_at)? {
             return Err(Errno::ESTALE);
         }
         if self.powers.chown {
@@ -378,7 +378,11 @@ impl Worker<'_, '_> {
             self.refuse(format!("chown {uid}:{gid} {} needs root (CAP_CHOWN)", show(path)));
         } else if reown {
             if !self.opts.dry_run {
-                if let Err(e) = sys::chown_fd(fd, Some(uid), Some(gid)) {
+                // Only what differs: an unchanged id may be the overflow id of a user
+                // namespace, which chown cannot set.
+                let new_uid = (uid != before.uid).then_some(uid);
+                let new_gid = (gid != before.gid).then_some(gid);
+                if let Err(e) = sys::chown_fd(fd, new_uid, new_gid) {
                     return self.failed(path, "chown", e);
                 }
             }
@@ -432,10 +436,17 @@ impl Worker<'_, '_> {
             Err(e) => return self.refuse(format!("cannot read {}: {}", show(path), e.desc())),
         };
         let mounts = check::mount_points(self.ctx, path);
-        let mut hardlinks: Vec<PathBuf> = Vec::new();
+        let mut seen = Unchanged::default();
         let outcome = walk::walk(top, path, &mounts, &mut |item| {
-            if self.visit(&item, wanted, &mut hardlinks) { Flow::Descend } else { Flow::Stop }
+            if self.visit(&item, wanted, &mut seen) { Flow::Descend } else { Flow::Stop }
         });
+        if seen.unmanaged > 0 {
+            self.out.notes.push(format!(
+                "{} below left as they are (never followed, re-owned or chmod'ed)",
+                plural(seen.unmanaged, "symlink or device node", "symlinks and device nodes")
+            ));
+        }
+        let hardlinks = seen.hardlinks;
         if !hardlinks.is_empty() {
             let first: Vec<String> = hardlinks.iter().take(5).map(|p| show(p)).collect();
             self.refuse(format!(
@@ -460,8 +471,12 @@ impl Worker<'_, '_> {
     }
 
     /// Converges one item below a recursive entry. False stops the walk.
-    fn visit(&mut self, item: &Item<'_>, wanted: &Wanted, hardlinks: &mut Vec<PathBuf>) -> bool {
+    fn visit(&mut self, item: &Item<'_>, wanted: &Wanted, seen: &mut Unchanged) -> bool {
         let st = item.st;
+        if !Wanted::manages(st) {
+            seen.unmanaged += 1;
+            return true;
+        }
         let uid = wanted.owner.unwrap_or(st.st_uid);
         let gid = wanted.group.unwrap_or(st.st_gid);
         let mode = wanted.mode_for(st);
@@ -475,7 +490,7 @@ impl Worker<'_, '_> {
         // Another name for this inode may live outside the tree (a link to /etc/shadow):
         // neither its owner nor its mode is changed unless the manifest allows it.
         if st.st_nlink > 1 && !self.entry.allow_hardlinks {
-            hardlinks.push(item.path.to_path_buf());
+            seen.hardlinks.push(item.path.to_path_buf());
             return true;
         }
         let Some(fd) = open_verified(item.parent, item.name, st) else {
@@ -484,6 +499,40 @@ impl Worker<'_, '_> {
         };
         self.change_one(fd.as_fd(), item.path, uid, gid, mode, sys::is_regular(st))
     }
+}
+
+/// Whether `fd` is the directory this run just made, not one swapped in under its name
+/// between mkdirat and openat by someone who can write the parent: owned by this process,
+/// private (mode within 0700), empty, and changed no earlier than the mkdirat.
+fn just_made(fd: BorrowedFd<'_>, euid: u32, made_at: i64) -> Result<bool, Errno> {
+    let st = fstat(fd)?;
+    // A setgid parent passes its setgid bit on; anything else beyond 0700 is not ours.
+    let private = st.st_mode & 0o5077 == 0;
+    if !sys::is_dir(&st) || st.st_uid != euid || !private {
+        return Ok(false);
+    }
+    if st.st_ctime < made_at - 1 {
+        return Ok(false);
+    }
+    let mut dir = check::open_for_walk(fd)?;
+    let empty = dir.iter().filter_map(Result::ok).all(|e| {
+        let name = e.file_name().to_bytes();
+        name == b"." || name == b".."
+    });
+    Ok(empty)
+}
+
+fn now_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// What a recursive walk deliberately left unchanged.
+#[derive(Default)]
+struct Unchanged {
+    unmanaged: usize,
+    hardlinks: Vec<PathBuf>,
 }
 
 /// Opens a non-directory by name without following it, and only if it is still what the

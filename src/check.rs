@@ -388,12 +388,23 @@ impl Wanted {
         }
     }
 
-    /// What differs on one item, in words, or None when it is as asked.
+    /// Whether a recursive entry manages this item. Symlinks are never changed: re-owning
+    /// a link a user planted would make it look placed by root, and so trusted, to the
+    /// next run. Device nodes are never changed: handing one to the app user would hand
+    /// over the device. Both are left as they are and counted.
+    pub fn manages(st: &FileStat) -> bool {
+        !matches!(st.st_mode & libc::S_IFMT, libc::S_IFLNK | libc::S_IFCHR | libc::S_IFBLK)
+    }
+
+    /// What differs on one item, in words, or None when it is as asked (or not managed).
     pub fn differences(
         &self,
         ctx_label: &dyn Fn(&FileStat) -> String,
         st: &FileStat,
     ) -> Option<String> {
+        if !Wanted::manages(st) {
+            return None;
+        }
         let owner_off = self.owner.is_some_and(|u| u != st.st_uid);
         let group_off = self.group.is_some_and(|g| g != st.st_gid);
         let mode_off = self.mode_for(st).is_some_and(|m| m != st.st_mode & 0o7777);
@@ -417,8 +428,12 @@ fn contents(ctx: &Context<'_>, entry: &Entry, res: &Resolution) -> Check {
     };
     let label = |st: &FileStat| ctx.describe(st);
     let mut wrong = 0u64;
+    let mut unmanaged = 0u64;
     let mut samples = Vec::new();
     let outcome = walk::walk(top, &dir.path, &mount_points(ctx, &dir.path), &mut |item| {
+        if !Wanted::manages(item.st) {
+            unmanaged += 1;
+        }
         if let Some(what) = wanted.differences(&label, item.st) {
             wrong += 1;
             if samples.len() < 5 {
@@ -430,6 +445,12 @@ fn contents(ctx: &Context<'_>, entry: &Entry, res: &Resolution) -> Check {
     let mut message = format!("{} of {} entries below differ", wrong, outcome.visited);
     if !samples.is_empty() {
         message.push_str(&format!("; first: {}", samples.join("; ")));
+    }
+    if unmanaged > 0 {
+        message.push_str(&format!(
+            "; {} left as they are",
+            plural(unmanaged as usize, "symlink or device node", "symlinks and device nodes")
+        ));
     }
     if !outcome.mounts.is_empty() {
         let list: Vec<String> = outcome.mounts.iter().map(|m| show(m)).collect();
