@@ -57,8 +57,9 @@ pub struct Mount {
 
 /// The mount table of this process, or empty where /proc is not mounted.
 pub fn mounts() -> Vec<Mount> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines().filter_map(parse_mountinfo_line).collect()
+    // Bytes, not a String: one mount point that is not UTF-8 must not hide the others.
+    let bytes = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
+    String::from_utf8_lossy(&bytes).lines().filter_map(parse_mountinfo_line).collect()
 }
 
 fn parse_mountinfo_line(line: &str) -> Option<Mount> {
@@ -99,6 +100,19 @@ pub fn mount_of<'a>(mounts: &'a [Mount], host_path: &Path) -> Option<&'a Mount> 
         .filter(|(_, m)| host_path.starts_with(&m.point))
         .max_by_key(|(i, m)| (m.point.components().count(), *i))
         .map(|(_, m)| m)
+}
+
+/// Whether `fd` is the root of a mount, bind mounts of the same filesystem included
+/// (which keep the device number). None where the kernel cannot tell (before Linux 5.8).
+pub fn is_mount_root(fd: BorrowedFd<'_>) -> Option<bool> {
+    // SAFETY: statx writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW;
+    let rc = unsafe {
+        libc::statx(fd.as_raw_fd(), c"".as_ptr(), flags, libc::STATX_BASIC_STATS, &mut stx)
+    };
+    let bit = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    (rc == 0 && stx.stx_attributes_mask & bit != 0).then(|| stx.stx_attributes & bit != 0)
 }
 
 /// Whether the filesystem under `fd` is mounted read-only.

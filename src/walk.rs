@@ -105,7 +105,7 @@ pub fn walk(
             }
             continue;
         }
-        if st.st_dev != top_dev || mount_points.iter().any(|m| *m == child_path) {
+        if st.st_dev != top_dev {
             out.mounts.push(child_path);
             continue;
         }
@@ -118,6 +118,14 @@ pub fn walk(
                 continue;
             }
         };
+        // The kernel's word on the opened directory decides; the mount table is the
+        // fallback for kernels that cannot say.
+        let mount = sys::is_mount_root(child.as_fd())
+            .unwrap_or_else(|| mount_points.iter().any(|m| *m == child_path));
+        if mount {
+            out.mounts.push(child_path);
+            continue;
+        }
         match fstat(child.as_fd()) {
             Ok(now) if sys::same_inode(&st, &now) => {}
             _ => {
