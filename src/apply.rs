@@ -23,7 +23,7 @@ use nix::sys::stat::{FileStat, Mode, fstat, mkdirat};
 use crate::access::Method;
 use crate::check::{self, Context, Wanted};
 use crate::cli::Setup;
-use crate::manifest::Entry;
+use crate::manifest::{self, Entry};
 use crate::policy::{self, Meta};
 use crate::report::{Action, Change, Check, CheckKind, Report, Status, plural, show};
 use crate::resolve::{self, Links, Resolution, State};
@@ -74,12 +74,30 @@ pub fn run(setup: &Setup, opts: Options) -> Result<Report> {
         .collect::<Result<Vec<_>>>()?;
     for (entry, res) in setup.entries.iter().zip(&plans) {
         if let (true, Some(dir)) = (entry.recursive, &res.entry) {
-            if let Some(fs) = sys::pseudo_filesystem(dir.fd()) {
+            // By statfs type, by where a symlink led, and by the mount's type (devtmpfs
+            // says it is tmpfs to statfs).
+            let mount_type = ctx.mount_of(&dir.path).map(|m| m.fstype.as_str());
+            let kernel = sys::pseudo_filesystem(dir.fd())
+                .or(manifest::PSEUDO_TREES
+                    .into_iter()
+                    .find(|t| manifest::is_within(&dir.path.to_string_lossy(), t)))
+                .or(mount_type.filter(|t| sys::PSEUDO_TYPES.contains(t)));
+            if let Some(fs) = kernel {
                 bail!(
-                    "{} is on {fs}, a kernel filesystem: refused for recursive work",
-                    show(Path::new(&entry.path))
+                    "{} (resolved: {}) is on {fs}, a kernel filesystem: refused for recursive work",
+                    show(Path::new(&entry.path)),
+                    show(&dir.path)
                 );
             }
+        }
+    }
+    // One directory under two names would be set to each entry's values in turn, forever.
+    let mut same: Vec<Option<usize>> = vec![None; plans.len()];
+    for (i, res) in plans.iter().enumerate() {
+        if let Some(dir) = &res.entry {
+            same[i] = plans[..i].iter().position(|other| {
+                other.entry.as_ref().is_some_and(|o| sys::same_inode(&o.st, &dir.st))
+            });
         }
     }
 
@@ -98,7 +116,14 @@ pub fn run(setup: &Setup, opts: Options) -> Result<Report> {
         };
         let res = res.as_ref().unwrap_or(&plans[i]);
         let mut worker = Worker { ctx: &ctx, entry, powers: &powers, opts, out: &mut outcomes[i] };
-        worker.apply(res);
+        match same[i] {
+            Some(first) => worker.refuse(format!(
+                "{} is the same directory as {}: list it once",
+                worker.shown(),
+                show(Path::new(&setup.entries[first].path))
+            )),
+            None => worker.apply(res),
+        }
     }
 
     let mut entries = check::check_all(&ctx, &setup.entries)?;

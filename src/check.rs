@@ -96,7 +96,7 @@ impl<'a> Context<'a> {
         )
     }
 
-    fn mount_of(&self, path: &Path) -> Option<&Mount> {
+    pub fn mount_of(&self, path: &Path) -> Option<&Mount> {
         sys::mount_of(&self.mounts, &self.root.host_path(path))
     }
 
@@ -135,6 +135,10 @@ fn probe_all(ctx: &Context<'_>, resolutions: &[Resolution]) -> Result<Vec<Probe>
         return Ok(resolutions.iter().map(|_| None).collect());
     }
     fn target(r: &Resolution) -> Option<BorrowedFd<'_>> {
+        // A probe writes a file; never through a link a user may have planted.
+        if r.links.iter().any(|l| !l.trusted) {
+            return None;
+        }
         match (&r.entry, &r.state) {
             (Some(dir), _) => Some(dir.fd()),
             (None, State::Missing { .. }) => Some(r.parent().fd()),

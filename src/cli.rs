@@ -127,7 +127,7 @@ impl Common {
     /// Loads the root, accounts, manifest and identity, in that order.
     pub fn setup(&self) -> Result<Setup> {
         let root = Root::open(self.root.as_deref().unwrap_or(Path::new("/")))?;
-        let accounts = Accounts::load(&root.host)?;
+        let accounts = Accounts::load(&root)?;
         let file = self.find_manifest(&root)?;
         let env = |name: &str| std::env::var(name).ok();
         let manifest = manifest::load(&file, &env)?;
@@ -152,7 +152,10 @@ impl Common {
         let candidates =
             [PathBuf::from("fs-preflight.toml"), root.host.join("etc/fs-preflight.toml")];
         match candidates.into_iter().find(|c| c.is_file()) {
-            Some(file) => Ok(file),
+            Some(file) => {
+                trusted_as_root(&file)?;
+                Ok(file)
+            }
             None => bail!(
                 "no manifest: pass --manifest FILE, set FS_PREFLIGHT_MANIFEST, or create \
                  ./fs-preflight.toml or {}",
@@ -178,6 +181,33 @@ impl Common {
         }
         out
     }
+}
+
+/// A manifest found without being named (in the working directory, or /etc) is refused
+/// when root runs and someone else could have written it: as an entrypoint, root may start
+/// in a directory the app user owns, and must not apply that user's manifest.
+fn trusted_as_root(file: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let abs = std::path::absolute(file)?;
+    for path in [Some(abs.as_path()), abs.parent()].into_iter().flatten() {
+        let m = std::fs::metadata(path)?;
+        let others_write = m.mode() & 0o022 != 0 && m.mode() & libc::S_ISVTX as u32 == 0;
+        let file_writable = path == abs && m.mode() & 0o022 != 0;
+        if m.uid() != 0 || others_write || file_writable {
+            bail!(
+                "refusing the manifest {}: running as root, and {} is not root's alone \
+                 (owner uid {}, mode {:04o}); name it with --manifest to use it anyway",
+                file.display(),
+                path.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

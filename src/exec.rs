@@ -55,6 +55,7 @@ pub fn exec(identity: &Identity, argv: &[OsString]) -> Result<ExitCode> {
     }
     // SAFETY: the tool is single-threaded; nothing reads the environment concurrently.
     unsafe { std::env::set_var("HOME", &identity.home) };
+    crate::sys::restore_fd_limit();
     // The Rust runtime ignores SIGPIPE for itself; the program gets the default back.
     // SAFETY: restoring a default disposition installs no handler.
     unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.context("resetting SIGPIPE")?;

@@ -9,11 +9,16 @@
 //! * `user:group` (either side a name or a number): exactly that gid, no other groups;
 //! * a `uid` with no passwd entry: gid 0, HOME `/`.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
+
+use crate::report::escape;
+use crate::resolve::{self, Root};
+
+/// Account files are a few KiB; a larger one is not an account file.
+const ACCOUNT_FILE_CAP: u64 = 16 << 20;
 
 #[derive(Debug, Clone)]
 pub struct User {
@@ -55,12 +60,19 @@ pub struct Identity {
 impl Accounts {
     /// Reads `<root>/etc/passwd` and `<root>/etc/group`. A missing file is an empty one:
     /// scratch images often have neither, and numeric ids still work there.
-    pub fn load(root: &Path) -> Result<Accounts> {
-        let passwd_file = root.join("etc/passwd");
-        let group_file = root.join("etc/group");
-        let users = read_optional(&passwd_file)?.map(|t| parse_passwd(&t)).unwrap_or_default();
-        let groups = read_optional(&group_file)?.map(|t| parse_group(&t)).unwrap_or_default();
-        Ok(Accounts { passwd_file, group_file, users, groups })
+    pub fn load(root: &Root) -> Result<Accounts> {
+        let read = |path: &str| -> Result<Option<String>> {
+            let bytes = resolve::read_file(root, Path::new(path), ACCOUNT_FILE_CAP)?;
+            Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
+        };
+        let users = read("/etc/passwd")?.map(|t| parse_passwd(&t)).unwrap_or_default();
+        let groups = read("/etc/group")?.map(|t| parse_group(&t)).unwrap_or_default();
+        Ok(Accounts {
+            passwd_file: root.host_path(Path::new("/etc/passwd")),
+            group_file: root.host_path(Path::new("/etc/group")),
+            users,
+            groups,
+        })
     }
 
     pub fn user_by_name(&self, name: &str) -> Option<&User> {
@@ -157,14 +169,14 @@ impl Accounts {
     /// `name(uid)` where a name exists, the bare number otherwise.
     pub fn user_label(&self, uid: u32) -> String {
         match self.user_by_uid(uid) {
-            Some(u) => format!("{}({uid})", u.name),
+            Some(u) => format!("{}({uid})", escape(u.name.as_bytes())),
             None => uid.to_string(),
         }
     }
 
     pub fn group_label(&self, gid: u32) -> String {
         match self.group_by_gid(gid) {
-            Some(g) => format!("{}({gid})", g.name),
+            Some(g) => format!("{}({gid})", escape(g.name.as_bytes())),
             None => gid.to_string(),
         }
     }
@@ -194,7 +206,7 @@ impl Identity {
     /// A short description for reports: `appuser(10001) gid 10001 groups 10001,44`.
     pub fn describe(&self) -> String {
         let who = match &self.name {
-            Some(n) => format!("{n}({})", self.uid),
+            Some(n) => format!("{}({})", escape(n.as_bytes()), self.uid),
             None => self.uid.to_string(),
         };
         let groups: Vec<String> = self.groups.iter().map(u32::to_string).collect();
@@ -208,14 +220,6 @@ fn numeric(text: &str, what: &str) -> Result<Option<u32>> {
     }
     let n: i64 = text.parse().map_err(|_| anyhow::anyhow!("{what} id {text} is out of range"))?;
     crate::manifest::check_id(n, what).map(Some).map_err(anyhow::Error::msg)
-}
-
-fn read_optional(path: &Path) -> Result<Option<String>> {
-    match fs::read(path) {
-        Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
 }
 
 /// Fields of the non-comment lines of a colon-separated account file. NIS compat lines

@@ -32,6 +32,7 @@ const ERROR: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    sys::raise_fd_limit();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

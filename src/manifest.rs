@@ -14,6 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::identity::{Accounts, Identity};
+use crate::report::escape;
 
 /// An error in the manifest, with the place it was found.
 #[derive(Debug)]
@@ -97,14 +98,29 @@ struct RawDir {
 }
 
 /// Paths whose contents belong to the kernel, never to an image: refused for recursive work.
-const PSEUDO_TREES: [&str; 3] = ["/proc", "/sys", "/dev"];
+pub const PSEUDO_TREES: [&str; 3] = ["/proc", "/sys", "/dev"];
 
 /// Reads and validates a manifest file. `env` looks up variables for `${VAR}` expansion.
 pub fn load(file: &Path, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Manifest> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| anyhow::anyhow!("cannot read manifest {}: {e}", file.display()))?;
+    use anyhow::Context;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking, so that a FIFO given as the manifest fails instead of hanging.
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(file)
+        .with_context(|| format!("cannot read manifest {}", file.display()))?;
+    if !opened.metadata()?.is_file() {
+        anyhow::bail!("manifest {} is not a regular file", file.display());
+    }
+    let bytes = crate::resolve::read_capped(opened, MANIFEST_CAP, file)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("manifest {} is not UTF-8", file.display()))?;
     Ok(parse(file, text, env)?)
 }
+
+/// A manifest lists directories; one over this size is a mistake or an attack.
+const MANIFEST_CAP: u64 = 4 << 20;
 
 /// Parses manifest text; `file` only names it in errors.
 pub fn parse(
@@ -142,7 +158,10 @@ pub fn parse(
             if let Some(tree) = PSEUDO_TREES.iter().find(|t| is_within(&path, t)) {
                 return Err(at(
                     d.path.span(),
-                    format!("{path} is under {tree}, a kernel filesystem: refused for recursive"),
+                    format!(
+                        "{} is under {tree}, a kernel filesystem: refused for recursive",
+                        escape(path.as_bytes())
+                    ),
                 ));
             }
         } else if let Some(key) = d.dir_mode.as_ref().or(d.file_mode.as_ref()) {
@@ -150,7 +169,11 @@ pub fn parse(
         }
         if let Some(first) = entries.iter().find(|e| e.path.get_ref() == &path) {
             let (line, _) = line_column(&text, first.path.span().start);
-            return Err(at(d.path.span(), format!("duplicate path {path} (first at line {line})")));
+            let shown = escape(path.as_bytes());
+            return Err(at(
+                d.path.span(),
+                format!("duplicate path {shown} (first at line {line})"),
+            ));
         }
         entries.push(RawEntry {
             path: Spanned::new(d.path.span(), path),
@@ -217,8 +240,10 @@ impl Manifest {
             if entry.writable {
                 if let Some(why) = crate::policy::unwritable_by_design(&entry, identity) {
                     let span = raw.mode.as_ref().map(|m| m.span()).unwrap_or(raw.span.clone());
-                    return Err(self
-                        .error_at(span, format!("{} is writable = true, but {why}", entry.path)));
+                    return Err(self.error_at(
+                        span,
+                        format!("{} is writable = true, but {why}", escape(entry.path.as_bytes())),
+                    ));
                 }
             }
             out.push(entry);

@@ -324,7 +324,9 @@ pub fn escape(bytes: &[u8]) -> String {
                 '\n' => out.push_str("\\n"),
                 '\t' => out.push_str("\\t"),
                 '\r' => out.push_str("\\r"),
-                c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+                c if c.is_control() || invisible(c) => {
+                    out.push_str(&format!("\\u{{{:x}}}", c as u32))
+                }
                 c => out.push(c),
             }
         }
@@ -349,6 +351,14 @@ pub fn quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', "'\\''"))
 }
 
+/// Characters that change how the text around them is shown without showing themselves:
+/// bidirectional overrides and isolates (which can make a path read backwards), zero-width
+/// characters, and the byte-order mark.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}'
+        | '\u{feff}' | '\u{061c}' | '\u{180e}')
+}
+
 /// [`escape`] for a path.
 pub fn show(path: &Path) -> String {
     escape(path.as_os_str().as_encoded_bytes())
@@ -371,5 +381,6 @@ mod tests {
         assert_eq!(escape(b"/a/b c"), "/a/b c");
         assert_eq!(escape(b"/a\n\x1b[2J"), "/a\\n\\u{1b}[2J");
         assert_eq!(escape(b"/\xff/\\"), "/\\xff/\\\\");
+        assert_eq!(escape("/a\u{202e}b".as_bytes()), "/a\\u{202e}b");
     }
 }

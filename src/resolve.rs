@@ -171,7 +171,7 @@ pub fn resolve(root: &Root, path: &Path, links: Links) -> Result<Resolution> {
                 let why = format!(
                     "symlink to {} is not trusted: only links that root owns, in a directory \
                      only root may write, are followed when changing things",
-                    target.display()
+                    crate::report::show(&target)
                 );
                 return Ok(blocked(res, here, &why));
             }
@@ -219,9 +219,12 @@ fn blocked(mut res: Resolution, at: PathBuf, reason: &str) -> Resolution {
     res
 }
 
-/// Adds a directory to the searched list unless it is already there.
+/// Adds a directory to the end of the searched list, or moves it there when a symlink
+/// led back to it: the last one is always where the walk looked last, the entry's parent.
 fn remember(searched: &mut Vec<Dir>, dir: &Dir) -> Result<()> {
-    if searched.iter().any(|d| sys::same_inode(&d.st, &dir.st)) {
+    if let Some(i) = searched.iter().position(|d| sys::same_inode(&d.st, &dir.st)) {
+        let again = searched.remove(i);
+        searched.push(again);
         return Ok(());
     }
     let fd = nix::unistd::dup(dir.fd.as_fd()).context("dup")?;
@@ -239,6 +242,55 @@ fn components(path: &OsStr) -> impl DoubleEndedIterator<Item = OsString> + '_ {
         .split(|b| *b == b'/')
         .filter(|c| !c.is_empty() && *c != b".")
         .map(|c| OsStr::from_bytes(c).to_os_string())
+}
+
+/// Reads a small regular file at a container path, as the container would see it: the
+/// path and any symlink on the way resolve inside the root. Anything but a regular file
+/// (a FIFO that would block, a device that never ends) is refused, and so is a file over
+/// `cap` bytes. None when the file does not exist.
+pub fn read_file(root: &Root, path: &Path, cap: u64) -> Result<Option<Vec<u8>>> {
+    let mut path = path.to_path_buf();
+    for _ in 0..MAX_LINKS {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            anyhow::bail!("{} is not a file", path.display());
+        };
+        let res = resolve(root, parent, Links::Follow)?;
+        let Some(dir) = res.entry else { return Ok(None) };
+        let st = match fstatat(&dir.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
+        };
+        if sys::is_symlink(&st) {
+            let target = PathBuf::from(readlinkat(&dir.fd, name).context("readlink")?);
+            path = if target.is_absolute() { target } else { dir.path.join(target) };
+            continue;
+        }
+        if !sys::is_regular(&st) {
+            anyhow::bail!("{} is a {}, not a regular file", path.display(), sys::kind_name(&st));
+        }
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        let fd = openat(&dir.fd, name, flags, Mode::empty())
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        if !sys::same_inode(&st, &fstat(&fd)?) {
+            anyhow::bail!("{} changed while being read", path.display());
+        }
+        return read_capped(std::fs::File::from(fd), cap, &path).map(Some);
+    }
+    anyhow::bail!("{}: too many levels of symbolic links", path.display())
+}
+
+/// Reads at most `cap` bytes; more is an error, not a truncation.
+pub fn read_capped(file: std::fs::File, cap: u64, path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    file.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() as u64 > cap {
+        anyhow::bail!("{} is larger than {} MiB", path.display(), cap >> 20);
+    }
+    Ok(bytes)
 }
 
 /// Borrow helper for code that holds a `Dir` and wants its descriptor.

@@ -48,6 +48,33 @@ pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> Result<(), Errno> {
     Errno::result(unsafe { libc::chmod(link.as_ptr(), mode) }).map(drop)
 }
 
+/// The descriptor limit this process was started with, once raised.
+static STARTED_WITH: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+
+/// Raises the soft descriptor limit to the hard one. Each entry holds a few directories
+/// open, and a recursive walk one per level of depth: the usual soft limit of 1024 is
+/// too few for a large manifest or a deep tree. [`restore_fd_limit`] puts it back before
+/// another program is started.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+            let _ = STARTED_WITH.set((soft, hard));
+        }
+    }
+}
+
+/// Puts back the descriptor limit the process was started with.
+pub fn restore_fd_limit() {
+    if let Some((soft, hard)) = STARTED_WITH.get() {
+        let _ = nix::sys::resource::setrlimit(
+            nix::sys::resource::Resource::RLIMIT_NOFILE,
+            *soft,
+            *hard,
+        );
+    }
+}
+
 /// One line of /proc/self/mountinfo that matters here.
 #[derive(Debug, Clone)]
 pub struct Mount {
@@ -120,6 +147,24 @@ pub fn is_read_only(fd: BorrowedFd<'_>) -> bool {
     nix::sys::statvfs::fstatvfs(fd)
         .is_ok_and(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
 }
+
+/// Mount types (from the mount table) whose contents are the kernel's.
+pub const PSEUDO_TYPES: [&str; 14] = [
+    "proc",
+    "sysfs",
+    "devtmpfs",
+    "devpts",
+    "cgroup",
+    "cgroup2",
+    "securityfs",
+    "debugfs",
+    "tracefs",
+    "bpf",
+    "configfs",
+    "nsfs",
+    "binfmt_misc",
+    "mqueue",
+];
 
 /// Names of filesystems whose contents are the kernel's: refused for recursive work.
 pub fn pseudo_filesystem(fd: BorrowedFd<'_>) -> Option<&'static str> {

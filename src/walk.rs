@@ -67,7 +67,6 @@ pub fn walk(
     mount_points: &[PathBuf],
     visit: &mut dyn FnMut(Item<'_>) -> Flow,
 ) -> Outcome {
-    let _limit = FdLimit::raise();
     let mut out = Outcome::default();
     let top_dev = match fstat(top.as_fd()) {
         Ok(st) => st.st_dev,
@@ -163,33 +162,4 @@ fn listing(mut dir: Dir, path: PathBuf) -> Result<Frame, Errno> {
     }
     names.sort_unstable_by(|a, b| b.cmp(a));
     Ok(Frame { dir, names, path })
-}
-
-/// A walk holds one descriptor per level of depth, so a deep tree needs more than the
-/// usual soft limit of 1024. The soft limit is raised to the hard one for the walk and put
-/// back afterwards, so that a program `exec` starts inherits the limit it was given.
-/// A tree deeper than the hard limit still fails, as an unreadable entry in the report.
-struct FdLimit(Option<(u64, u64)>);
-
-impl FdLimit {
-    fn raise() -> FdLimit {
-        use nix::sys::resource::{Resource, getrlimit, setrlimit};
-        let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return FdLimit(None) };
-        if soft >= hard || setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
-            return FdLimit(None);
-        }
-        FdLimit(Some((soft, hard)))
-    }
-}
-
-impl Drop for FdLimit {
-    fn drop(&mut self) {
-        if let Some((soft, hard)) = self.0 {
-            let _ = nix::sys::resource::setrlimit(
-                nix::sys::resource::Resource::RLIMIT_NOFILE,
-                soft,
-                hard,
-            );
-        }
-    }
 }

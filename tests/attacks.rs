@@ -1,0 +1,250 @@
+//! Attacks on a root run over a tree an unprivileged user controls: each test sets up what
+//! a hostile uid 10001 could, runs the tool as root, and proves that nothing outside the
+//! tree changed (owner, mode and ctime of the victim, read independently of the tool).
+
+mod common;
+
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use common::*;
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn run_bounded(args: &[&str]) -> Output {
+    cmd().args(args).timeout(TIMEOUT).output().unwrap()
+}
+
+/// A symlink made by uid 10001 (lchown, as if the user had made it).
+fn planted(target: &Path, link: &Path) {
+    symlink(target, link).unwrap();
+    std::os::unix::fs::lchown(link, Some(10001), Some(10001)).unwrap();
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn a_planted_symlink_is_never_laundered_into_a_trusted_one() {
+    root_only();
+    let t = Tree::new();
+    let victim = t.dir("victim/tmp", 0, 0, 0o700);
+    let key = t.file("victim/tmp/key", 0, 0, 0o600);
+    t.dir("app", 10001, 10001, 0o755);
+    planted(&t.path("victim"), &t.path("app/cache"));
+    let m = t.write(
+        "m.toml",
+        &format!(
+            "[[dir]]\npath = \"{app}\"\nowner = 0\ngroup = 0\nmode = \"0755\"\nwritable = false\n\
+             recursive = true\n\n[[dir]]\npath = \"{app}/cache/tmp\"\nowner = 10001\n\
+             mode = \"0700\"\nrecursive = true\n",
+            app = t.p("app")
+        ),
+    );
+    let before = (stat(&victim), stat(&key));
+    // Run twice: the first run must not make the link look placed by root for the second.
+    for _ in 0..2 {
+        let out = run_bounded(&["apply", "--manifest", m.to_str().unwrap()]);
+        assert_exit(&out, 1);
+        assert!(stdout(&out).contains("is not trusted"), "{}", stdout(&out));
+    }
+    assert_eq!((stat(&victim), stat(&key)), before, "the victim changed");
+    assert_eq!(stat(&t.path("app/cache")).0, 10001, "the planted link was re-owned");
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn as_root_a_manifest_the_user_could_write_is_not_picked_up_implicitly() {
+    root_only();
+    let t = Tree::new();
+    let victim = t.dir("victim", 0, 0, 0o700);
+    let work = t.dir("work", 10001, 10001, 0o755);
+    let m = t.write(
+        "work/fs-preflight.toml",
+        &format!("[[dir]]\npath = \"{}\"\nowner = 10001\nmode = \"0777\"\n", victim.display()),
+    );
+    std::os::unix::fs::chown(&m, Some(10001), Some(10001)).unwrap();
+    let before = stat(&victim);
+    let out = cmd()
+        .current_dir(&work)
+        .args(["exec", "--apply", "--user", "10001", "--", "true"])
+        .timeout(TIMEOUT)
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("refusing the manifest"), "{}", stderr(&out));
+    assert_eq!(stat(&victim), before);
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn account_files_resolve_inside_the_root_and_must_be_small_regular_files() {
+    root_only();
+    let t = Tree::new();
+    t.dir("etc", 0, 0, 0o755);
+    t.dir("data", 0, 0, 0o755);
+    let m = t.write("m.toml", "[[dir]]\npath = \"/data\"\nwritable = false\n");
+    let (m, root) = (m.to_str().unwrap(), t.p(""));
+
+    // An absolute link resolves inside the root, as the container would see it.
+    t.write("real/passwd", "appuser:x:4321:4321::/home/app:/bin/sh\n");
+    symlink("/real/passwd", t.path("etc/passwd")).unwrap();
+    let out = run_bounded(&[
+        "check",
+        "--format",
+        "json",
+        "--root",
+        &root,
+        "--manifest",
+        m,
+        "--user",
+        "appuser",
+    ]);
+    assert_exit(&out, 0);
+    assert_eq!(json(&out)["identity"]["uid"], 4321);
+
+    // A FIFO would block a reader forever; /dev/zero never ends.
+    std::fs::remove_file(t.path("etc/passwd")).unwrap();
+    let fifo = std::process::Command::new("mkfifo").arg(t.path("etc/passwd")).status().unwrap();
+    assert!(fifo.success());
+    let out = run_bounded(&["check", "--root", &root, "--manifest", m]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("not a regular file"), "{}", stderr(&out));
+    std::fs::remove_file(t.path("etc/passwd")).unwrap();
+    t.dir("dev", 0, 0, 0o755);
+    let zero = std::process::Command::new("mknod")
+        .args([t.p("dev/zero").as_str(), "c", "1", "5"])
+        .status()
+        .unwrap();
+    assert!(zero.success());
+    symlink("/dev/zero", t.path("etc/passwd")).unwrap();
+    let out = run_bounded(&["check", "--root", &root, "--manifest", m]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("not a regular file"), "{}", stderr(&out));
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn a_link_leading_back_up_creates_where_it_points() {
+    root_only();
+    let t = Tree::new();
+    t.dir("a", 0, 0, 0o755);
+    symlink("../missing", t.path("a/l")).unwrap();
+    symlink("..", t.path("a/up")).unwrap();
+    let m = t.write(
+        "m.toml",
+        &format!(
+            "[[dir]]\npath = \"{a}/l/sub\"\nowner = 10001\n\n[[dir]]\npath = \"{a}/up/new\"\n",
+            a = t.p("a")
+        ),
+    );
+    let out = run_bounded(&["apply", "--manifest", m.to_str().unwrap()]);
+    assert_exit(&out, 0);
+    assert!(t.path("missing/sub").is_dir() && t.path("new").is_dir());
+    assert!(!t.path("a/missing").exists() && !t.path("a/new").exists());
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn check_never_probes_through_a_planted_link() {
+    root_only();
+    let t = Tree::new();
+    let victim = t.dir("victim/sub", 0, 0, 0o755);
+    t.dir("u", 10001, 10001, 0o755);
+    planted(&t.path("victim"), &t.path("u/anc"));
+    let path = t.p("u/anc/sub");
+    let m = t.write("m.toml", &format!("[[dir]]\npath = \"{path}\"\n"));
+    let before = stat(&victim);
+    std::thread::sleep(Duration::from_millis(20));
+    let out = run_bounded(&["check", "--format", "json", "--manifest", m.to_str().unwrap()]);
+    assert_eq!(stat(&victim), before, "a probe wrote into the victim");
+    assert_eq!(json(&out)["writability"], "probed");
+    assert!(
+        check(&json(&out), &path, "writable")["message"].as_str().unwrap().contains("computed")
+    );
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn recursive_work_reaching_dev_through_a_link_is_refused() {
+    root_only();
+    let t = Tree::new();
+    symlink("/", t.path("host")).unwrap();
+    let m = t.write(
+        "m.toml",
+        &format!("[[dir]]\npath = \"{}/host/dev\"\nowner = 10001\nrecursive = true\n", t.p("")),
+    );
+    // --dry-run: were the refusal to regress, a dry run still changes nothing.
+    let out = run_bounded(&["apply", "--dry-run", "--manifest", m.to_str().unwrap()]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("kernel filesystem"), "{}", stderr(&out));
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn one_directory_under_two_names_is_refused_not_flipped() {
+    root_only();
+    let t = Tree::new();
+    t.dir("x/d", 0, 0, 0o755);
+    symlink("x", t.path("xl")).unwrap();
+    let m = t.write(
+        "m.toml",
+        &format!(
+            "[[dir]]\npath = \"{r}/x/d\"\nmode = \"0750\"\nwritable = false\n\n\
+             [[dir]]\npath = \"{r}/xl/d\"\nmode = \"0700\"\nwritable = false\n",
+            r = t.p("")
+        ),
+    );
+    let m = m.to_str().unwrap();
+    let out = run_bounded(&["apply", "--manifest", m]);
+    assert_exit(&out, 1);
+    assert!(stdout(&out).contains("is the same directory as"), "{}", stdout(&out));
+    let after_first = stat(&t.path("x/d"));
+    assert_eq!(after_first.2, 0o750);
+    let out = run_bounded(&["apply", "--format", "json", "--manifest", m]);
+    assert_eq!(json(&out)["summary"]["changed"], 0);
+    assert_eq!(stat(&t.path("x/d")), after_first);
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn names_from_a_hostile_root_are_escaped() {
+    root_only();
+    let t = Tree::new();
+    t.accounts("\x1b]0;owned\x07evil\x1b[2J:x:10001:10001::/:/bin/sh\n", "g\x1b[31m:x:10001:\n");
+    t.dir("data", 10001, 10001, 0o700);
+    let m = t.write("m.toml", "[[dir]]\npath = \"/data\"\nmode = \"0755\"\n");
+    let out = run_bounded(&[
+        "check",
+        "--root",
+        &t.p(""),
+        "--manifest",
+        m.to_str().unwrap(),
+        "--user",
+        "10001",
+    ]);
+    assert_exit(&out, 1);
+    let text = stdout(&out);
+    assert!(!text.contains('\x1b') && !text.contains('\x07'), "raw escape in {text:?}");
+    assert!(text.contains("\\u{1b}"), "{text}");
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn a_large_manifest_does_not_run_out_of_descriptors() {
+    root_only();
+    let t = Tree::new();
+    let mut text = String::new();
+    for i in 0..1500 {
+        t.dir(&format!("a/b/c/d{i}"), 10001, 10001, 0o755);
+        text.push_str(&format!("[[dir]]\npath = \"{}/a/b/c/d{i}\"\nowner = 10001\n", t.p("")));
+    }
+    let m = t.write("m.toml", &text);
+    // Started with the soft limit containers usually get.
+    let out = std::process::Command::new("sh")
+        .args(["-c", "ulimit -Sn 1024 && exec \"$0\" \"$@\"", BIN, "check", "--no-probe"])
+        .args(["--user", "10001:10001", "--manifest", m.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+}
