@@ -9,7 +9,7 @@
 //! opened, then reports one errno per directory over a pipe.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
@@ -139,7 +139,7 @@ fn probe_in_child(identity: &Identity, dirs: &[BorrowedFd<'_>]) -> Result<Vec<Re
 }
 
 /// A POSIX access ACL, as stored in `system.posix_acl_access`.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Acl {
     users: Vec<(u32, u32)>,
     groups: Vec<(u32, u32)>,
@@ -219,11 +219,6 @@ pub fn permits(identity: &Identity, st: &FileStat, acl: Option<&Acl>, want: u32)
         }
     }
     !matched && has(mode)
-}
-
-/// Whether the identity may search `st`, a directory, and the reason when it may not.
-pub fn searchable(identity: &Identity, fd: impl AsFd, st: &FileStat) -> bool {
-    permits(identity, st, Acl::read(fd.as_fd()).as_ref(), SEARCH)
 }
 
 #[cfg(test)]

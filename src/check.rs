@@ -6,6 +6,8 @@
 //! written. A check that does not apply (mode not asked, entry missing) is a skip, not a
 //! pass.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
@@ -19,7 +21,7 @@ use crate::identity::{Accounts, Identity};
 use crate::manifest::Entry;
 use crate::policy::{self, Meta};
 use crate::report::{Check, CheckKind, EntryReport, Fix, Status, Value, plural, quote, show};
-use crate::resolve::{self, Links, Resolution, Root, State};
+use crate::resolve::{self, Dir, Links, Resolution, Root, State};
 use crate::sys::{self, IdMap, Mount};
 use crate::walk::{self, Flow};
 
@@ -34,6 +36,7 @@ pub struct Context<'a> {
     pub overflow: Option<(u32, u32)>,
     /// Options to repeat in suggested commands, e.g. ` --manifest app.toml --user 10001`.
     pub repeat_flags: String,
+    acls: RefCell<HashMap<(u64, u64), Option<Acl>>>,
 }
 
 impl<'a> Context<'a> {
@@ -59,11 +62,26 @@ impl<'a> Context<'a> {
             mounts: sys::mounts(),
             overflow,
             repeat_flags: String::new(),
+            acls: RefCell::default(),
         }
     }
 
     pub fn writability(&self) -> &'static str {
         if self.method == Method::Compute { "computed" } else { "probed" }
+    }
+
+    /// The access ACL of a directory, read once per inode: every entry passes the same
+    /// ancestors.
+    fn acl(&self, dir: &Dir) -> Option<Acl> {
+        let key = (dir.st.st_dev, dir.st.st_ino);
+        let mut cache = self.acls.borrow_mut();
+        cache.entry(key).or_insert_with(|| Acl::read(dir.fd())).clone()
+    }
+
+    fn searchable(&self, dir: &Dir) -> bool {
+        // Root searches everything; no need to read an ACL to know it.
+        self.identity.uid == 0
+            || access::permits(self.identity, &dir.st, self.acl(dir).as_ref(), SEARCH)
     }
 
     fn uid_value(&self, uid: u32) -> Value {
@@ -256,7 +274,7 @@ fn exists(ctx: &Context<'_>, res: &Resolution, probe: &Probe) -> Check {
                         && access::permits(
                             ctx.identity,
                             &parent.st,
-                            Acl::read(parent.fd()).as_ref(),
+                            ctx.acl(parent).as_ref(),
                             WRITE | SEARCH,
                         )
                 }
@@ -297,7 +315,7 @@ fn kind(res: &Resolution) -> Check {
 }
 
 fn ancestors(ctx: &Context<'_>, res: &Resolution) -> Check {
-    let blocking = res.searched.iter().find(|d| !access::searchable(ctx.identity, d.fd(), &d.st));
+    let blocking = res.searched.iter().find(|d| !ctx.searchable(d));
     match blocking {
         Some(d) => Check::new(
             CheckKind::Ancestors,
@@ -330,7 +348,7 @@ fn writable(ctx: &Context<'_>, entry: &Entry, res: &Resolution, probe: &Probe, r
         }
         None if ro => "cannot write: read-only filesystem".to_string(),
         None => {
-            let acl = Acl::read(dir.fd());
+            let acl = ctx.acl(dir);
             if access::permits(ctx.identity, &dir.st, acl.as_ref(), WRITE | SEARCH) {
                 let how = if acl.is_some() { "mode bits and ACL" } else { "mode bits" };
                 return c(Status::Pass, format!("{who} may write here (computed from {how})"));
@@ -542,9 +560,7 @@ fn fixes(
         format!("install -d -o {} -g {} -m {:04o} {path}", target.uid, target.gid, target.mode);
     let mut run = Vec::new();
     if failed(CheckKind::Ancestors) {
-        if let Some(d) =
-            res.searched.iter().find(|d| !access::searchable(ctx.identity, d.fd(), &d.st))
-        {
+        if let Some(d) = res.searched.iter().find(|d| !ctx.searchable(d)) {
             run.push(format!("chmod o+x {}", quote(&show(&d.path))));
         }
     }

@@ -12,6 +12,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;
@@ -59,7 +60,8 @@ impl Root {
 pub struct Dir {
     /// Its path as the container sees it, free of symlinks.
     pub path: PathBuf,
-    pub fd: OwnedFd,
+    /// Shared: the same directory is both on the walk's stack and in `searched`.
+    pub fd: Rc<OwnedFd>,
     pub st: FileStat,
 }
 
@@ -123,7 +125,7 @@ const MAX_LINKS: usize = 40;
 
 /// Resolves an absolute container path below `root`.
 pub fn resolve(root: &Root, path: &Path, links: Links) -> Result<Resolution> {
-    let root_fd = nix::unistd::dup(root.fd.as_fd()).context("dup of the root descriptor")?;
+    let root_fd = Rc::new(nix::unistd::dup(root.fd.as_fd()).context("dup of the root")?);
     let root_st = fstat(&root_fd).context("stat of the root")?;
     let mut stack = vec![Dir { path: PathBuf::from("/"), fd: root_fd, st: root_st }];
     let mut res = Resolution {
@@ -146,7 +148,7 @@ pub fn resolve(root: &Root, path: &Path, links: Links) -> Result<Resolution> {
         remember(&mut res.searched, top)?;
         let here = top.path.join(&name);
         let last = pending.is_empty();
-        let st = match fstatat(&top.fd, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+        let st = match fstatat(top.fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::ENOENT) => {
                 let mut missing = vec![name];
@@ -157,7 +159,7 @@ pub fn resolve(root: &Root, path: &Path, links: Links) -> Result<Resolution> {
             Err(e) => return Ok(blocked(res, here, e.desc())),
         };
         if sys::is_symlink(&st) {
-            let target = PathBuf::from(readlinkat(&top.fd, name.as_os_str()).context("readlink")?);
+            let target = PathBuf::from(readlinkat(top.fd(), name.as_os_str()).context("readlink")?);
             if last {
                 res.state = State::Symlink { target };
                 return Ok(res);
@@ -194,7 +196,7 @@ pub fn resolve(root: &Root, path: &Path, links: Links) -> Result<Resolution> {
             ));
         }
         let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let fd = match openat(&top.fd, name.as_os_str(), flags, Mode::empty()) {
+        let fd = match openat(top.fd(), name.as_os_str(), flags, Mode::empty()) {
             Ok(fd) => fd,
             Err(e) => return Ok(blocked(res, here, e.desc())),
         };
@@ -202,7 +204,7 @@ pub fn resolve(root: &Root, path: &Path, links: Links) -> Result<Resolution> {
         if !sys::same_inode(&st, &opened) {
             return Ok(blocked(res, here, "changed while it was being inspected"));
         }
-        stack.push(Dir { path: here, fd, st: opened });
+        stack.push(Dir { path: here, fd: Rc::new(fd), st: opened });
     }
     let end = stack.pop().expect("stack holds the root");
     if stack.is_empty() {
@@ -227,8 +229,7 @@ fn remember(searched: &mut Vec<Dir>, dir: &Dir) -> Result<()> {
         searched.push(again);
         return Ok(());
     }
-    let fd = nix::unistd::dup(dir.fd.as_fd()).context("dup")?;
-    searched.push(Dir { path: dir.path.clone(), fd, st: dir.st });
+    searched.push(Dir { path: dir.path.clone(), fd: Rc::clone(&dir.fd), st: dir.st });
     Ok(())
 }
 
@@ -256,13 +257,13 @@ pub fn read_file(root: &Root, path: &Path, cap: u64) -> Result<Option<Vec<u8>>> 
         };
         let res = resolve(root, parent, Links::Follow)?;
         let Some(dir) = res.entry else { return Ok(None) };
-        let st = match fstatat(&dir.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        let st = match fstatat(dir.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::ENOENT) => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
         };
         if sys::is_symlink(&st) {
-            let target = PathBuf::from(readlinkat(&dir.fd, name).context("readlink")?);
+            let target = PathBuf::from(readlinkat(dir.fd(), name).context("readlink")?);
             path = if target.is_absolute() { target } else { dir.path.join(target) };
             continue;
         }
@@ -270,7 +271,7 @@ pub fn read_file(root: &Root, path: &Path, cap: u64) -> Result<Option<Vec<u8>>> 
             anyhow::bail!("{} is a {}, not a regular file", path.display(), sys::kind_name(&st));
         }
         let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
-        let fd = openat(&dir.fd, name, flags, Mode::empty())
+        let fd = openat(dir.fd(), name, flags, Mode::empty())
             .with_context(|| format!("cannot open {}", path.display()))?;
         if !sys::same_inode(&st, &fstat(&fd)?) {
             anyhow::bail!("{} changed while being read", path.display());
