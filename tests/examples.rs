@@ -36,8 +36,10 @@ fn fsp(args: &[&str]) -> Output {
 
 /// Runs the binary as another uid/gid with no supplementary groups (needs root), bounded.
 fn fsp_as(uid: u32, gid: u32, args: &[&str]) -> Output {
+    let bin = any_user_bin();
     let mut c = assert_cmd::Command::new("setpriv");
-    c.args([&format!("--reuid={uid}"), &format!("--regid={gid}"), "--clear-groups", BIN]);
+    c.args([&format!("--reuid={uid}"), &format!("--regid={gid}"), "--clear-groups"]);
+    c.arg(&bin.path);
     c.args(args).env_remove("NO_COLOR").env_remove("FS_PREFLIGHT_MANIFEST").timeout(TIMEOUT);
     c.output().unwrap()
 }

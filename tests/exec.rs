@@ -431,8 +431,10 @@ fn a_non_root_process_cannot_become_another_user_but_may_be_itself() {
 
 /// [`run_as`] with a time limit.
 fn run_as_bounded(uid: u32, gid: u32, args: &[&str]) -> Output {
+    let bin = any_user_bin();
     let mut c = assert_cmd::Command::new("setpriv");
-    c.args([&format!("--reuid={uid}"), &format!("--regid={gid}"), "--clear-groups", BIN]);
+    c.args([&format!("--reuid={uid}"), &format!("--regid={gid}"), "--clear-groups"]);
+    c.arg(&bin.path);
     c.args(args).env_remove("NO_COLOR").env_remove("FS_PREFLIGHT_MANIFEST").timeout(TIMEOUT);
     c.output().unwrap()
 }
@@ -446,8 +448,9 @@ fn a_non_root_process_with_extra_runtime_groups_runs_with_them() {
     let fx = Fixture::new();
     // As Kubernetes runs a pod with runAsUser 10001, runAsGroup 10001 and fsGroup 2000.
     let args = fx.args(&["--user", "10001:10001", "--", "id", "-G"]);
+    let bin = any_user_bin();
     let mut c = assert_cmd::Command::new("setpriv");
-    c.args(["--reuid=10001", "--regid=10001", "--groups=2000", BIN]).args(&args);
+    c.args(["--reuid=10001", "--regid=10001", "--groups=2000"]).arg(&bin.path).args(&args);
     c.env_remove("NO_COLOR").env_remove("FS_PREFLIGHT_MANIFEST").timeout(TIMEOUT);
     let out = c.output().unwrap();
     assert_exit(&out, 0);

@@ -98,10 +98,36 @@ pub fn run(args: &[&str]) -> Output {
     cmd().args(args).output().unwrap()
 }
 
+/// The built binary where any uid can run it. Cargo's target directory may sit below a
+/// directory only root can search (a checkout in /root): then the binary is linked (or
+/// copied) into a temp dir that lives as long as the returned value.
+pub struct AnyUserBin {
+    _dir: Option<TempDir>,
+    pub path: PathBuf,
+}
+
+pub fn any_user_bin() -> AnyUserBin {
+    let others_can_run = |p: &Path| fs::metadata(p).is_ok_and(|m| m.mode() & 0o001 != 0);
+    let bin = Path::new(BIN);
+    if bin.ancestors().all(others_can_run) {
+        return AnyUserBin { _dir: None, path: bin.to_path_buf() };
+    }
+    let dir = tempfile::Builder::new().prefix("fsp-bin.").tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("fs-preflight");
+    if fs::hard_link(bin, &path).is_err() {
+        fs::copy(bin, &path).unwrap();
+    }
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    AnyUserBin { _dir: Some(dir), path }
+}
+
 /// Runs the binary as another uid/gid with no supplementary groups (needs root).
 pub fn run_as(uid: u32, gid: u32, args: &[&str]) -> Output {
+    let bin = any_user_bin();
     let mut c = Command::new("setpriv");
-    c.args([&format!("--reuid={uid}"), &format!("--regid={gid}"), "--clear-groups", BIN]);
+    c.args([&format!("--reuid={uid}"), &format!("--regid={gid}"), "--clear-groups"]);
+    c.arg(&bin.path);
     c.args(args).env_remove("NO_COLOR").env_remove("FS_PREFLIGHT_MANIFEST");
     c.output().unwrap()
 }
