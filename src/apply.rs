@@ -432,10 +432,10 @@ impl Worker<'_, '_> {
             self.refuse(format!("chmod {want:04o} {} needs its owner or root", show(path)));
             return true;
         }
-        if !self.opts.dry_run {
-            if let Err(e) = sys::chmod_fd(fd, want) {
-                return self.failed(path, "chmod", e);
-            }
+        if !self.opts.dry_run
+            && let Err(e) = sys::chmod_fd(fd, want)
+        {
+            return self.failed(path, "chmod", e);
         }
         self.record(Action::Chmod, path, Some(format!("{now:04o}")), format!("{want:04o}"));
         true

@@ -559,10 +559,10 @@ fn fixes(
     let install =
         format!("install -d -o {} -g {} -m {:04o} {path}", target.uid, target.gid, target.mode);
     let mut run = Vec::new();
-    if failed(CheckKind::Ancestors) {
-        if let Some(d) = res.searched.iter().find(|d| !ctx.searchable(d)) {
-            run.push(format!("chmod o+x {}", quote(&show(&d.path))));
-        }
+    if failed(CheckKind::Ancestors)
+        && let Some(d) = res.searched.iter().find(|d| !ctx.searchable(d))
+    {
+        run.push(format!("chmod o+x {}", quote(&show(&d.path))));
     }
     match (&res.state, current) {
         (State::Missing { .. }, _) => run.push(install),

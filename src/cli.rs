@@ -194,7 +194,7 @@ fn trusted_as_root(file: &Path) -> Result<()> {
     let abs = std::path::absolute(file)?;
     for path in [Some(abs.as_path()), abs.parent()].into_iter().flatten() {
         let m = std::fs::metadata(path)?;
-        let others_write = m.mode() & 0o022 != 0 && m.mode() & libc::S_ISVTX as u32 == 0;
+        let others_write = m.mode() & 0o022 != 0 && m.mode() & libc::S_ISVTX == 0;
         let file_writable = path == abs && m.mode() & 0o022 != 0;
         if m.uid() != 0 || others_write || file_writable {
             bail!(

@@ -58,18 +58,11 @@ pub struct Entry {
     pub allow_hardlinks: bool,
 }
 
+/// A `[[dir]]` table as written, with its path expanded and normalised.
 #[derive(Debug)]
 struct RawEntry {
-    path: Spanned<String>,
-    owner: Option<Spanned<toml::Value>>,
-    group: Option<Spanned<toml::Value>>,
-    mode: Option<Spanned<String>>,
-    dir_mode: Option<Spanned<String>>,
-    file_mode: Option<Spanned<String>>,
-    create: bool,
-    writable: bool,
-    recursive: bool,
-    allow_hardlinks: bool,
+    path: String,
+    dir: RawDir,
     /// Span of the whole table, for errors about the entry as a whole.
     span: std::ops::Range<usize>,
 }
@@ -82,7 +75,7 @@ struct RawManifest {
     dir: Vec<Spanned<RawDir>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDir {
     path: Spanned<String>,
@@ -153,8 +146,7 @@ pub fn parse(
         for mode in [&d.mode, &d.dir_mode, &d.file_mode].into_iter().flatten() {
             parse_mode(mode.get_ref()).map_err(|m| at(mode.span(), m))?;
         }
-        let recursive = d.recursive.unwrap_or(false);
-        if recursive {
+        if d.recursive == Some(true) {
             if let Some(tree) = PSEUDO_TREES.iter().find(|t| is_within(&path, t)) {
                 return Err(at(
                     d.path.span(),
@@ -167,27 +159,15 @@ pub fn parse(
         } else if let Some(key) = d.dir_mode.as_ref().or(d.file_mode.as_ref()) {
             return Err(at(key.span(), "dir_mode and file_mode need recursive = true".into()));
         }
-        if let Some(first) = entries.iter().find(|e| e.path.get_ref() == &path) {
-            let (line, _) = line_column(&text, first.path.span().start);
+        if let Some(first) = entries.iter().find(|e| e.path == path) {
+            let (line, _) = line_column(&text, first.dir.path.span().start);
             let shown = escape(path.as_bytes());
             return Err(at(
                 d.path.span(),
                 format!("duplicate path {shown} (first at line {line})"),
             ));
         }
-        entries.push(RawEntry {
-            path: Spanned::new(d.path.span(), path),
-            owner: d.owner,
-            group: d.group,
-            mode: d.mode,
-            dir_mode: d.dir_mode,
-            file_mode: d.file_mode,
-            create: d.create.unwrap_or(true),
-            writable: d.writable.unwrap_or(true),
-            recursive,
-            allow_hardlinks: d.allow_hardlinks.unwrap_or(false),
-            span,
-        });
+        entries.push(RawEntry { path, dir: d, span });
     }
     Ok(Manifest { file: file.to_path_buf(), text, user: raw.user, entries })
 }
@@ -208,43 +188,43 @@ impl Manifest {
     ) -> Result<Vec<Entry>, ManifestError> {
         let mut out = Vec::with_capacity(self.entries.len());
         for raw in &self.entries {
-            let owner = match &raw.owner {
-                Some(v) => Some(
-                    id_value(v.get_ref(), |n| accounts.user_by_name(n).map(|u| u.uid), "user")
-                        .map_err(|m| self.error_at(v.span(), m))?,
-                ),
-                None => None,
+            let d = &raw.dir;
+            let id = |v: &Spanned<toml::Value>, what, lookup: &dyn Fn(&str) -> Option<u32>| {
+                id_value(v.get_ref(), lookup, what).map_err(|m| self.error_at(v.span(), m))
             };
-            let group = match &raw.group {
-                Some(v) => Some(
-                    id_value(v.get_ref(), |n| accounts.group_by_name(n).map(|g| g.gid), "group")
-                        .map_err(|m| self.error_at(v.span(), m))?,
-                ),
-                None => None,
-            };
+            let owner = d
+                .owner
+                .as_ref()
+                .map(|v| id(v, "user", &|n| accounts.user_by_name(n).map(|u| u.uid)))
+                .transpose()?;
+            let group = d
+                .group
+                .as_ref()
+                .map(|v| id(v, "group", &|n| accounts.group_by_name(n).map(|g| g.gid)))
+                .transpose()?;
             let mode_of = |m: &Option<Spanned<String>>| {
                 m.as_ref().map(|m| parse_mode(m.get_ref()).expect("validated when loaded"))
             };
             let entry = Entry {
-                path: raw.path.get_ref().clone(),
+                path: raw.path.clone(),
                 owner,
                 group,
-                mode: mode_of(&raw.mode),
-                create: raw.create,
-                writable: raw.writable,
-                recursive: raw.recursive,
-                dir_mode: mode_of(&raw.dir_mode),
-                file_mode: mode_of(&raw.file_mode),
-                allow_hardlinks: raw.allow_hardlinks,
+                mode: mode_of(&d.mode),
+                create: d.create.unwrap_or(true),
+                writable: d.writable.unwrap_or(true),
+                recursive: d.recursive.unwrap_or(false),
+                dir_mode: mode_of(&d.dir_mode),
+                file_mode: mode_of(&d.file_mode),
+                allow_hardlinks: d.allow_hardlinks.unwrap_or(false),
             };
-            if entry.writable {
-                if let Some(why) = crate::policy::unwritable_by_design(&entry, identity) {
-                    let span = raw.mode.as_ref().map(|m| m.span()).unwrap_or(raw.span.clone());
-                    return Err(self.error_at(
-                        span,
-                        format!("{} is writable = true, but {why}", escape(entry.path.as_bytes())),
-                    ));
-                }
+            if entry.writable
+                && let Some(why) = crate::policy::unwritable_by_design(&entry, identity)
+            {
+                let span = d.mode.as_ref().map(|m| m.span()).unwrap_or(raw.span.clone());
+                return Err(self.error_at(
+                    span,
+                    format!("{} is writable = true, but {why}", escape(entry.path.as_bytes())),
+                ));
             }
             out.push(entry);
         }
@@ -255,7 +235,7 @@ impl Manifest {
 /// Reads an owner or group value: a name looked up by `lookup`, or a number.
 fn id_value(
     value: &toml::Value,
-    lookup: impl Fn(&str) -> Option<u32>,
+    lookup: &dyn Fn(&str) -> Option<u32>,
     what: &str,
 ) -> Result<u32, String> {
     match value {

@@ -234,7 +234,7 @@ fn remember(searched: &mut Vec<Dir>, dir: &Dir) -> Result<()> {
 }
 
 fn trusted_link(link: &FileStat, holder: &FileStat) -> bool {
-    let others_write = holder.st_mode & 0o022 != 0 && holder.st_mode & libc::S_ISVTX as u32 == 0;
+    let others_write = holder.st_mode & 0o022 != 0 && holder.st_mode & libc::S_ISVTX == 0;
     link.st_uid == 0 && holder.st_uid == 0 && !others_write
 }
 

@@ -57,10 +57,11 @@ static STARTED_WITH: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new(
 /// another program is started.
 pub fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-            let _ = STARTED_WITH.set((soft, hard));
-        }
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok()
+    {
+        let _ = STARTED_WITH.set((soft, hard));
     }
 }
 
@@ -139,7 +140,7 @@ pub fn is_mount_root(fd: BorrowedFd<'_>) -> Option<bool> {
         libc::statx(fd.as_raw_fd(), c"".as_ptr(), flags, libc::STATX_BASIC_STATS, &mut stx)
     };
     let bit = libc::STATX_ATTR_MOUNT_ROOT as u64;
-    (rc == 0 && stx.stx_attributes_mask & bit != 0).then(|| stx.stx_attributes & bit != 0)
+    (rc == 0 && stx.stx_attributes_mask & bit != 0).then_some(stx.stx_attributes & bit != 0)
 }
 
 /// Whether the filesystem under `fd` is mounted read-only.

@@ -119,8 +119,8 @@ pub fn walk(
         };
         // The kernel's word on the opened directory decides; the mount table is the
         // fallback for kernels that cannot say.
-        let mount = sys::is_mount_root(child.as_fd())
-            .unwrap_or_else(|| mount_points.iter().any(|m| *m == child_path));
+        let mount =
+            sys::is_mount_root(child.as_fd()).unwrap_or_else(|| mount_points.contains(&child_path));
         if mount {
             out.mounts.push(child_path);
             continue;

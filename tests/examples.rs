@@ -34,16 +34,6 @@ fn fsp(args: &[&str]) -> Output {
     cmd().args(args).timeout(TIMEOUT).output().unwrap()
 }
 
-/// Runs the binary as another uid/gid with no supplementary groups (needs root), bounded.
-fn fsp_as(uid: u32, gid: u32, args: &[&str]) -> Output {
-    let bin = any_user_bin();
-    let mut c = assert_cmd::Command::new("setpriv");
-    c.args([&format!("--reuid={uid}"), &format!("--regid={gid}"), "--clear-groups"]);
-    c.arg(&bin.path);
-    c.args(args).env_remove("NO_COLOR").env_remove("FS_PREFLIGHT_MANIFEST").timeout(TIMEOUT);
-    c.output().unwrap()
-}
-
 /// Checks that the binary accepts these arguments (everything after `fs-preflight`):
 /// the options before `--`, followed by `--help`, must give the subcommand's help and exit
 /// 0 (clap rejects an unknown subcommand, an unknown flag or a bad value with exit 2 even
@@ -431,13 +421,13 @@ fn dockerfile_flow_apply_as_root_then_check_and_exec_as_the_user() {
     assert_exit(&out, 0);
 
     let (_, check) = by_sub("check");
-    let out = fsp_as(uid, gid, &strs(&retarget(check, &m, root, &[])));
+    let out = run_as(uid, gid, &strs(&retarget(check, &m, root, &[])));
     assert_exit(&out, 0);
 
     // The entrypoint, as the image's user (checks only) and as root (fixes, then drops).
     let (_, exec) = by_sub("exec");
     let args = retarget(exec, &m, root, &["id", "-u"]);
-    let out = fsp_as(uid, gid, &strs(&args));
+    let out = run_as(uid, gid, &strs(&args));
     assert_exit(&out, 0);
     assert_eq!(stdout(&out), format!("{uid}\n"));
     let out = fsp(&strs(&args));
@@ -753,7 +743,7 @@ fn kubernetes_flow_init_container_then_app_writes_as_its_run_as_user() {
     let file = vol.path(dir).join("written-by-app");
     let script = format!("id -u; echo x > '{}'", file.display());
     let (uid, gid) = (app.run_as_user.unwrap() as u32, app.run_as_group.unwrap() as u32);
-    let out = fsp_as(uid, gid, &strs(&retarget(&app.args, &m, root, &["sh", "-c", &script])));
+    let out = run_as(uid, gid, &strs(&retarget(&app.args, &m, root, &["sh", "-c", &script])));
     assert_exit(&out, 0);
     assert_eq!(stdout(&out), format!("{uid}\n"));
     assert_eq!(stat(&file).0, uid);
@@ -790,7 +780,7 @@ fn openshift_flow_any_uid_in_group_0_can_write_and_a_0755_dir_stops_the_app() {
     let file = image.path(&dir).join("written");
     let script = format!("echo x > '{}'", file.display());
     let args = retarget(&app.args, &m, image.root(), &["sh", "-c", &script]);
-    let out = fsp_as(1000790123, 0, &strs(&args));
+    let out = run_as(1000790123, 0, &strs(&args));
     assert_exit(&out, 0);
     let (uid, gid, _, _) = stat(&file);
     assert_eq!((uid, gid), (1000790123, 0));
@@ -801,7 +791,7 @@ fn openshift_flow_any_uid_in_group_0_can_write_and_a_0755_dir_stops_the_app() {
     let file = bad.path(&dir).join("written");
     let script = format!("echo x > '{}'", file.display());
     let args = retarget(&app.args, &m, bad.root(), &["sh", "-c", &script]);
-    let out = fsp_as(1000790123, 0, &strs(&args));
+    let out = run_as(1000790123, 0, &strs(&args));
     assert_exit(&out, 1);
     assert!(!file.exists(), "the app was started although it cannot write");
 }

@@ -416,7 +416,7 @@ fn a_non_root_process_cannot_become_another_user_but_may_be_itself() {
     let mut args = fx.args(&["--user", "10001:10001", "--", "sh", "-c", &script]);
 
     // As 10002, asked to run as 10001: refused with exit 2, the program not started.
-    let out = run_as_bounded(10002, 10002, &args);
+    let out = run_as(10002, 10002, &args);
     assert_exit(&out, 2);
     assert!(!marker.exists(), "the program ran as the wrong user");
     assert!(stderr(&out).contains("10001"), "the message names the identity:\n{}", stderr(&out));
@@ -424,19 +424,9 @@ fn a_non_root_process_cannot_become_another_user_but_may_be_itself() {
     // As 10001 itself (no supplementary groups, like --user 10001:10001): runs.
     args.truncate(args.len() - 3);
     args.extend_from_slice(&["id", "-u"]);
-    let out = run_as_bounded(10001, 10001, &args);
+    let out = run_as(10001, 10001, &args);
     assert_exit(&out, 0);
     assert_eq!(stdout(&out), "10001\n");
-}
-
-/// [`run_as`] with a time limit.
-fn run_as_bounded(uid: u32, gid: u32, args: &[&str]) -> Output {
-    let bin = any_user_bin();
-    let mut c = assert_cmd::Command::new("setpriv");
-    c.args([&format!("--reuid={uid}"), &format!("--regid={gid}"), "--clear-groups"]);
-    c.arg(&bin.path);
-    c.args(args).env_remove("NO_COLOR").env_remove("FS_PREFLIGHT_MANIFEST").timeout(TIMEOUT);
-    c.output().unwrap()
 }
 
 // ---- what a non-root runtime hands over ----------------------------------------------------

@@ -122,14 +122,15 @@ pub fn any_user_bin() -> AnyUserBin {
     AnyUserBin { _dir: Some(dir), path }
 }
 
-/// Runs the binary as another uid/gid with no supplementary groups (needs root).
+/// Runs the binary as another uid/gid with no supplementary groups (needs root), with a
+/// time limit.
 pub fn run_as(uid: u32, gid: u32, args: &[&str]) -> Output {
     let bin = any_user_bin();
     let mut c = Command::new("setpriv");
     c.args([&format!("--reuid={uid}"), &format!("--regid={gid}"), "--clear-groups"]);
     c.arg(&bin.path);
     c.args(args).env_remove("NO_COLOR").env_remove("FS_PREFLIGHT_MANIFEST");
-    c.output().unwrap()
+    c.timeout(std::time::Duration::from_secs(60)).output().unwrap()
 }
 
 pub fn stdout(o: &Output) -> String {
