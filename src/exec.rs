@@ -57,6 +57,9 @@ pub fn exec(identity: &Identity, argv: &[OsString]) -> Result<ExitCode> {
     unsafe { std::env::set_var("HOME", &identity.home) };
     crate::sys::restore_fd_limit();
     // The Rust runtime ignores SIGPIPE for itself; the program gets the default back.
+    // Known gap: a parent that started us with SIGPIPE ignored on purpose gets it reset to
+    // the default in CMD, because std changes the disposition before main and stable Rust
+    // offers no way to read the inherited one. Container runtimes start with the default.
     // SAFETY: restoring a default disposition installs no handler.
     unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.context("resetting SIGPIPE")?;
 
