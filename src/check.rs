@@ -20,7 +20,9 @@ use crate::access::{self, Acl, Method, SEARCH, WRITE};
 use crate::identity::{Accounts, Identity};
 use crate::manifest::Entry;
 use crate::policy::{self, Meta};
-use crate::report::{Check, CheckKind, EntryReport, Fix, Status, Value, plural, quote, show};
+use crate::report::{
+    Check, CheckKind, EntryReport, Fix, FixKind, Status, Value, plural, quote, show,
+};
 use crate::resolve::{self, Dir, Links, Resolution, Root, State};
 use crate::sys::{self, IdMap, Mount};
 use crate::walk::{self, Flow};
@@ -194,7 +196,9 @@ fn check_entry(ctx: &Context<'_>, entry: &Entry, res: &Resolution, probe: Probe)
     });
     checks.push(ancestors(ctx, res));
     let read_only = read_only(ctx, res);
-    checks.push(writable(ctx, entry, res, &probe, read_only.status == Status::Fail));
+    let blocked_by = res.searched.iter().find(|d| !ctx.searchable(d));
+    let ro = read_only.status == Status::Fail;
+    checks.push(writable(ctx, entry, res, &probe, ro, blocked_by));
     checks.push(read_only);
     if entry.recursive {
         checks.push(contents(ctx, entry, res));
@@ -257,8 +261,15 @@ fn compare(kind: CheckKind, expected: Value, actual: Value) -> Check {
     Check::new(kind, status, message).values(Some(expected), Some(actual))
 }
 
+/// A check with a verdict and its expected and actual values in words.
+fn verdict(kind: CheckKind, pass: bool, expected: &str, actual: &str, message: String) -> Check {
+    let status = if pass { Status::Pass } else { Status::Fail };
+    Check::new(kind, status, message)
+        .values(Some(Value::Text(expected.into())), Some(Value::Text(actual.into())))
+}
+
 fn exists(ctx: &Context<'_>, res: &Resolution, probe: &Probe) -> Check {
-    let c = |status, message: String| Check::new(CheckKind::Exists, status, message);
+    let k = CheckKind::Exists;
     match &res.state {
         State::Missing { missing } => {
             let parent = res.parent();
@@ -280,98 +291,118 @@ fn exists(ctx: &Context<'_>, res: &Resolution, probe: &Probe) -> Check {
                 }
             };
             let verb = if can { "can" } else { "cannot" };
-            c(
-                Status::Fail,
-                format!(
-                    "{what}; {} {verb} create it in {} ({})",
-                    ctx.who(),
-                    show(&parent.path),
-                    ctx.describe(&parent.st)
-                ),
-            )
-            .values(Some(Value::Text("directory".into())), Some(Value::Text("missing".into())))
+            let message = format!(
+                "{what}; {} {verb} create it in {} ({})",
+                ctx.who(),
+                show(&parent.path),
+                ctx.describe(&parent.st)
+            );
+            verdict(k, false, "exists", "missing", message)
         }
         State::Blocked { at, reason } => {
-            c(Status::Fail, format!("cannot be reached: {}: {reason}", show(at)))
+            let message = format!("cannot be reached: {}: {reason}", show(at));
+            verdict(k, false, "exists", "unreachable", message)
         }
-        _ => c(Status::Pass, "exists".into()),
+        _ => verdict(k, true, "exists", "exists", "exists".into()),
     }
 }
 
 fn kind(res: &Resolution) -> Check {
-    let c = |status, message: String| Check::new(CheckKind::Type, status, message);
-    let dir = || Some(Value::Text("directory".into()));
+    let k = CheckKind::Type;
     match &res.state {
-        State::Directory => c(Status::Pass, "is a directory".into()),
-        State::NotDirectory { st } => c(Status::Fail, format!("is a {}", sys::kind_name(st)))
-            .values(dir(), Some(Value::Text(sys::kind_name(st).into()))),
-        State::Symlink { target, .. } => c(
-            Status::Fail,
-            format!("is a symlink to {}; the entry itself must be a real directory", show(target)),
-        )
-        .values(dir(), Some(Value::Text("symlink".into()))),
-        State::Missing { .. } | State::Blocked { .. } => c(Status::Skip, absent(res).into()),
+        State::Directory => verdict(k, true, "directory", "directory", "is a directory".into()),
+        State::NotDirectory { st } => {
+            let kind = sys::kind_name(st);
+            verdict(k, false, "directory", kind, format!("is a {kind}"))
+        }
+        State::Symlink { target, .. } => {
+            let message = format!(
+                "is a symlink to {}; the entry itself must be a real directory",
+                show(target)
+            );
+            verdict(k, false, "directory", "symlink", message)
+        }
+        State::Missing { .. } | State::Blocked { .. } => Check::new(k, Status::Skip, absent(res)),
     }
 }
 
 fn ancestors(ctx: &Context<'_>, res: &Resolution) -> Check {
-    let blocking = res.searched.iter().find(|d| !ctx.searchable(d));
-    match blocking {
-        Some(d) => Check::new(
-            CheckKind::Ancestors,
-            Status::Fail,
-            format!("{} cannot search {} ({})", ctx.who(), show(&d.path), ctx.describe(&d.st)),
-        )
-        .values(Some(Value::Text("searchable".into())), Some(Value::Text(show(&d.path)))),
-        None => Check::new(
-            CheckKind::Ancestors,
-            Status::Pass,
-            format!("{} searchable", plural(res.searched.len(), "ancestor", "ancestors")),
-        ),
+    let k = CheckKind::Ancestors;
+    match res.searched.iter().find(|d| !ctx.searchable(d)) {
+        Some(d) => {
+            let message =
+                format!("{} cannot search {} ({})", ctx.who(), show(&d.path), ctx.describe(&d.st));
+            verdict(k, false, "searchable", "not searchable", message)
+        }
+        None => {
+            let message =
+                format!("{} searchable", plural(res.searched.len(), "ancestor", "ancestors"));
+            verdict(k, true, "searchable", "searchable", message)
+        }
     }
 }
 
-fn writable(ctx: &Context<'_>, entry: &Entry, res: &Resolution, probe: &Probe, ro: bool) -> Check {
-    let c = |status, message: String| Check::new(CheckKind::Writable, status, message);
+/// Whether the identity can write in the entry, by path, as the application will: the
+/// directory must take a new file (probed or computed) and every ancestor must let the
+/// identity through (the probe works through a descriptor and does not see them).
+fn writable(
+    ctx: &Context<'_>,
+    entry: &Entry,
+    res: &Resolution,
+    probe: &Probe,
+    ro: bool,
+    blocked_by: Option<&Dir>,
+) -> Check {
+    let k = CheckKind::Writable;
     if !entry.writable {
-        return c(Status::Skip, "not required".into());
+        return Check::new(k, Status::Skip, "not required");
     }
     let Some(dir) = &res.entry else {
-        return c(Status::Skip, absent(res).into());
+        return Check::new(k, Status::Skip, absent(res));
     };
     let who = ctx.who();
-    let verdict = match probe {
-        Some(Ok(())) => return c(Status::Pass, format!("{who} created and removed a file here")),
-        Some(Err(Errno::EROFS)) => "cannot write: read-only filesystem".to_string(),
-        Some(Err(e)) => {
-            format!("{who} cannot create a file here: {} ({})", e.desc(), ctx.describe(&dir.st))
-        }
-        None if ro => "cannot write: read-only filesystem".to_string(),
+    let here = match probe {
+        Some(Ok(())) => Ok(format!("{who} created and removed a file here")),
+        Some(Err(Errno::EROFS)) => Err("cannot write: read-only filesystem".to_string()),
+        Some(Err(e)) => Err(format!(
+            "{who} cannot create a file here: {} ({})",
+            e.desc(),
+            ctx.describe(&dir.st)
+        )),
+        None if ro => Err("cannot write: read-only filesystem".to_string()),
         None => {
             let acl = ctx.acl(dir);
             if access::permits(ctx.identity, &dir.st, acl.as_ref(), WRITE | SEARCH) {
                 let how = if acl.is_some() { "mode bits and ACL" } else { "mode bits" };
-                return c(Status::Pass, format!("{who} may write here (computed from {how})"));
+                Ok(format!("{who} may write here (computed from {how})"))
+            } else {
+                Err(format!("{who} cannot write here ({}; computed)", ctx.describe(&dir.st)))
             }
-            format!("{who} cannot write here ({}; computed, not probed)", ctx.describe(&dir.st))
         }
     };
-    c(Status::Fail, verdict)
-        .values(Some(Value::Text("writable".into())), Some(Value::Text("not writable".into())))
+    let here = match (here, blocked_by) {
+        (Ok(_), Some(d)) => Err(format!(
+            "{who} could write here, but cannot get here: {} is not searchable",
+            show(&d.path)
+        )),
+        (other, _) => other,
+    };
+    match here {
+        Ok(message) => verdict(k, true, "writable", "writable", message),
+        Err(message) => verdict(k, false, "writable", "not writable", message),
+    }
 }
 
 fn read_only(ctx: &Context<'_>, res: &Resolution) -> Check {
-    let c = |status, message: String| Check::new(CheckKind::ReadOnly, status, message);
+    let k = CheckKind::ReadOnly;
     let dir = res.entry.as_ref().unwrap_or_else(|| res.parent());
     if !sys::is_read_only(dir.fd()) {
-        return c(Status::Pass, "on a writable mount".into());
+        return verdict(k, true, "read-write", "read-write", "on a writable mount".into());
     }
     let point = ctx.mount_label(&dir.path);
     let fstype = ctx.mount_of(&dir.path).map_or("", |m| m.fstype.as_str());
-    c(Status::Fail, format!("on a read-only mount at {point} ({fstype})")).values(
-        Some(Value::Text("read-write".into())),
-        Some(Value::Text(format!("read-only {point}"))),
-    )
+    let message = format!("on a read-only mount at {point} ({fstype})");
+    verdict(k, false, "read-write", "read-only", message)
 }
 
 /// What a recursive entry asks of everything below it.
@@ -464,7 +495,11 @@ fn contents(ctx: &Context<'_>, entry: &Entry, res: &Resolution) -> Check {
         }
         Flow::Descend
     });
-    let mut message = format!("{} of {} entries below differ", wrong, outcome.visited);
+    let mut message = format!(
+        "{wrong} of {} below differ{}",
+        plural(outcome.visited as usize, "entry", "entries"),
+        if wrong == 1 { "s" } else { "" }
+    );
     if !samples.is_empty() {
         message.push_str(&format!("; first: {}", samples.join("; ")));
     }
@@ -482,14 +517,15 @@ fn contents(ctx: &Context<'_>, entry: &Entry, res: &Resolution) -> Check {
         let (p, e) = &outcome.errors[0];
         message.push_str(&format!(
             "; {} unreadable (first: {}: {})",
-            outcome.errors.len(),
+            plural(outcome.errors.len(), "entry", "entries"),
             show(p),
             e.desc()
         ));
     }
     let status = if wrong == 0 && outcome.errors.is_empty() { Status::Pass } else { Status::Fail };
-    c(status, message)
-        .values(Some(Value::Text("0 differ".into())), Some(Value::Text(format!("{wrong} differ"))))
+    let mut check = c(status, message).values(Some(Value::Count(0)), Some(Value::Count(wrong)));
+    check.samples = samples;
+    check
 }
 
 /// Opens a held directory for reading its entries, through its own descriptor.
@@ -509,7 +545,8 @@ pub fn mount_points(ctx: &Context<'_>, path: &Path) -> Vec<PathBuf> {
 }
 
 /// Fixes for a failing entry, for where the user is: a Dockerfile line for the image (or a
-/// run-time step when a volume is mounted there), and `fs-preflight apply` when it can help.
+/// run-time step when a volume is mounted there), and `fs-preflight apply` when it can
+/// finish the job alone.
 fn fixes(
     ctx: &Context<'_>,
     entry: &Entry,
@@ -520,23 +557,25 @@ fn fixes(
     let failed = |k: CheckKind| checks.iter().any(|c| c.check == k && c.status == Status::Fail);
     let path = quote(&show(Path::new(&entry.path)));
     if failed(CheckKind::ReadOnly) {
-        return vec![Fix {
-            place: "at run time".into(),
-            command: format!(
+        let dir = res.entry.as_ref().unwrap_or_else(|| res.parent());
+        return vec![Fix::advice(
+            "at run time",
+            format!(
                 "mount a writable volume at {path} (docker run --mount type=volume,dst={path}; \
-                 Kubernetes: an emptyDir volume), or drop the read-only root filesystem"
+                 Kubernetes: an emptyDir volume), or make the mount at {} writable",
+                ctx.mount_label(&dir.path)
             ),
-        }];
+        )];
     }
     if let Some(link) = res.links.iter().find(|l| !l.trusted) {
-        return vec![Fix {
-            place: "first".into(),
-            command: format!(
+        return vec![Fix::advice(
+            "first",
+            format!(
                 "replace the symlink {} with a real directory, or list {} in the manifest",
                 quote(&show(&link.at)),
                 quote(&show(&res.resolved_path()))
             ),
-        }];
+        )];
     }
     let current = res.entry.as_ref().map(|d| Meta {
         uid: d.st.st_uid,
@@ -557,12 +596,18 @@ fn fixes(
     });
     let target = policy::target(entry, ctx.identity, current).meta;
     let install =
-        format!("install -d -o {} -g {} -m {:04o} {path}", target.uid, target.gid, target.mode);
+        format!("install -d -o {} -g {} -m {} {path}", target.uid, target.gid, octal(target.mode));
     let mut run = Vec::new();
-    if failed(CheckKind::Ancestors)
-        && let Some(d) = res.searched.iter().find(|d| !ctx.searchable(d))
-    {
-        run.push(format!("chmod o+x {}", quote(&show(&d.path))));
+    let blocking = res.searched.iter().find(|d| !ctx.searchable(d));
+    if let (true, Some(d)) = (failed(CheckKind::Ancestors), blocking) {
+        let class = if d.st.st_uid == ctx.identity.uid {
+            "u"
+        } else if ctx.identity.in_group(d.st.st_gid) {
+            "g"
+        } else {
+            "o"
+        };
+        run.push(format!("chmod {class}+x {}", quote(&show(&d.path))));
     }
     match (&res.state, current) {
         (State::Missing { .. }, _) => run.push(install),
@@ -570,24 +615,21 @@ fn fixes(
             run.push(format!("rm {path} && {install}"))
         }
         (State::Directory, Some(now)) => {
-            let chown = if entry.recursive && (entry.owner.is_some() || entry.group.is_some()) {
-                "chown -R"
-            } else {
-                "chown"
-            };
-            if (now.uid, now.gid) != (target.uid, target.gid) || chown == "chown -R" {
+            let below = failed(CheckKind::Contents);
+            let ids_below = below && (entry.owner.is_some() || entry.group.is_some());
+            if (now.uid, now.gid) != (target.uid, target.gid) || ids_below {
+                let chown = if ids_below { "chown -R" } else { "chown" };
                 run.push(format!("{chown} {}:{} {path}", target.uid, target.gid));
             }
             if now.mode != target.mode {
-                run.push(format!("chmod {:04o} {path}", target.mode));
+                run.push(format!("chmod {} {path}", octal(target.mode)));
             }
-            if entry.recursive {
-                for (kind, mode) in [("d", entry.dir_mode), ("f", entry.file_mode)] {
-                    if let Some(m) = mode {
-                        run.push(format!(
-                            "find {path} -mindepth 1 -type {kind} -exec chmod {m:04o} {{}} +"
-                        ));
-                    }
+            for (kind, mode) in [("d", entry.dir_mode), ("f", entry.file_mode)] {
+                if let (true, Some(m)) = (below, mode) {
+                    run.push(format!(
+                        "find {path} -mindepth 1 -type {kind} -exec chmod {} {{}} +",
+                        octal(m)
+                    ));
                 }
             }
         }
@@ -597,34 +639,44 @@ fn fixes(
     let mut out = Vec::new();
     if !run.is_empty() {
         if mount_point {
+            out.push(Fix::command(
+                "at run time, as root, before the app starts (a volume is mounted here, so \
+                 the image's values do not count)",
+                format!("fs-preflight exec --apply{flags} -- CMD..."),
+            ));
             out.push(Fix {
-                place: "at run time, as root, before the app starts (a volume is mounted \
-                        here, so the image's values do not count)"
-                    .into(),
-                command: format!("fs-preflight exec --apply{flags} -- CMD..."),
-            });
-            out.push(Fix {
-                place: "or in Kubernetes, for a group-writable volume".into(),
+                kind: FixKind::Kubernetes,
+                place: "or in Kubernetes, for a volume it can re-own (not hostPath)".into(),
                 command: format!("securityContext: {{fsGroup: {}}}", ctx.identity.gid),
             });
             return out;
         }
         out.push(Fix {
+            kind: FixKind::Dockerfile,
             place: "in the Dockerfile, before USER".into(),
             command: format!("RUN {}", run.join(" && ")),
         });
     }
-    let apply_helps = [CheckKind::Owner, CheckKind::Group, CheckKind::Mode, CheckKind::Writable]
+    // apply neither makes ancestors searchable nor replaces what is in the way; offered
+    // alone for those, it would run and fail again.
+    let apply_fixes = [CheckKind::Owner, CheckKind::Group, CheckKind::Mode, CheckKind::Writable]
         .into_iter()
         .chain([CheckKind::Contents])
         .any(failed)
         || matches!(res.state, State::Missing { .. }) && entry.create;
-    if apply_helps {
+    let apply_cannot = failed(CheckKind::Ancestors) || failed(CheckKind::Type);
+    if apply_fixes && !apply_cannot {
         let or = if out.is_empty() { "" } else { "or, " };
-        out.push(Fix {
-            place: format!("{or}as root, at image build or in the entrypoint"),
-            command: format!("fs-preflight apply{flags}"),
-        });
+        out.push(Fix::command(
+            format!("{or}as root, at image build or in the entrypoint"),
+            format!("fs-preflight apply{flags}"),
+        ));
     }
     out
+}
+
+/// A mode for chmod and install: five digits, so that GNU chmod also clears the setgid
+/// bit of a directory (it keeps it for a four-digit mode).
+fn octal(mode: u32) -> String {
+    format!("{mode:05o}")
 }

@@ -58,6 +58,7 @@ pub enum Status {
 pub enum Value {
     Id { id: u32, label: String },
     Mode(u32),
+    Count(u64),
     Text(String),
 }
 
@@ -66,6 +67,7 @@ impl Serialize for Value {
         match self {
             Value::Id { id, .. } => s.serialize_u32(*id),
             Value::Mode(m) => s.serialize_str(&format!("{m:04o}")),
+            Value::Count(n) => s.serialize_u64(*n),
             Value::Text(t) => s.serialize_str(t),
         }
     }
@@ -76,6 +78,7 @@ impl std::fmt::Display for Value {
         match self {
             Value::Id { label, .. } => f.write_str(label),
             Value::Mode(m) => write!(f, "{m:04o}"),
+            Value::Count(n) => write!(f, "{n}"),
             Value::Text(t) => f.write_str(t),
         }
     }
@@ -88,11 +91,15 @@ pub struct Check {
     pub expected: Option<Value>,
     pub actual: Option<Value>,
     pub message: String,
+    /// The first few items that differ, for checks over many (`contents`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<String>,
 }
 
 impl Check {
     pub fn new(check: CheckKind, status: Status, message: impl Into<String>) -> Check {
-        Check { check, status, expected: None, actual: None, message: message.into() }
+        let message = message.into();
+        Check { check, status, expected: None, actual: None, message, samples: Vec::new() }
     }
 
     pub fn values(mut self, expected: Option<Value>, actual: Option<Value>) -> Check {
@@ -105,9 +112,35 @@ impl Check {
 /// A way to fix an entry, for one place the user may be.
 #[derive(Debug, Clone, Serialize)]
 pub struct Fix {
+    /// What `command` is, so that a script knows what to do with it.
+    pub kind: FixKind,
+    /// Where it applies, in words.
     #[serde(rename = "where")]
     pub place: String,
     pub command: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FixKind {
+    /// A Dockerfile instruction (`RUN ...`).
+    Dockerfile,
+    /// A shell command line.
+    Command,
+    /// A fragment of a Kubernetes pod spec.
+    Kubernetes,
+    /// Advice in words: no single command does it.
+    Advice,
+}
+
+impl Fix {
+    pub fn command(place: impl Into<String>, command: String) -> Fix {
+        Fix { kind: FixKind::Command, place: place.into(), command }
+    }
+
+    pub fn advice(place: impl Into<String>, text: String) -> Fix {
+        Fix { kind: FixKind::Advice, place: place.into(), command: text }
+    }
 }
 
 /// A change `apply` made (or would make, with `--dry-run`).

@@ -33,7 +33,7 @@ fn seed_story_missing_directory_then_fixed() {
     assert!(text.contains("10001 cannot create it in"), "{text}");
     assert!(
         text.contains(&format!(
-            "RUN install -d -o 10001 -g 10001 -m 0755 {}",
+            "RUN install -d -o 10001 -g 10001 -m 00755 {}",
             t.p("app/generated_media")
         )),
         "{text}"
@@ -660,7 +660,7 @@ fn suggested_commands_repeat_the_options_used_and_are_quoted() {
     let out = check_json(&t, &m, &["--user", "appuser"]);
     assert_exit(&out, 1);
     let fix = fixes(&json(&out), "/app/my media");
-    assert!(fix.contains("RUN install -d -o 10001 -g 10001 -m 0755 '/app/my media'"), "{fix}");
+    assert!(fix.contains("RUN install -d -o 10001 -g 10001 -m 00755 '/app/my media'"), "{fix}");
     assert!(
         fix.contains(&format!("fs-preflight apply --manifest {m} --root {root} --user appuser")),
         "{fix}"
