@@ -129,12 +129,11 @@ pub fn run(setup: &Setup, opts: Options) -> Result<Report> {
     let mut entries = check::check_all(&ctx, &setup.entries)?;
     for (report, outcome) in entries.iter_mut().zip(outcomes) {
         if !outcome.refusals.is_empty() {
-            report.checks.push(Check::new(
-                CheckKind::Apply,
-                Status::Fail,
-                outcome.refusals.join("; "),
-            ));
+            let message = outcome.refusals.join("; ");
+            report.checks.push(Check::new(CheckKind::Apply, Status::Fail, message));
             report.status = Status::Fail;
+            // apply has just run: suggesting it again would loop. The refusal says why.
+            report.fixes.retain(|f| !f.command.starts_with("fs-preflight apply"));
         }
         report.notes.extend(outcome.notes);
         report.changes = Some(outcome.changes);

@@ -53,6 +53,10 @@ pub struct Common {
     /// Compute writability from mode bits, groups and ACLs instead of probing
     #[arg(long, global = true)]
     pub no_probe: bool,
+
+    /// Log each change apply makes to stderr as it happens
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,7 +141,8 @@ impl Common {
                 .resolve(spec.get_ref())
                 .map_err(|e| manifest.error_at(spec.span(), format!("user: {e:#}")))?,
             (None, None) => accounts.current(),
-        };
+        }
+        .as_held_here(&accounts);
         let entries = manifest.resolve(&accounts, &identity)?;
         Ok(Setup { root, accounts, identity, entries, repeat_flags: self.repeat_flags() })
     }

@@ -16,34 +16,26 @@ use nix::errno::Errno;
 use nix::sys::signal::{SigHandler, Signal, signal};
 use nix::unistd::{Gid, Uid};
 
-use crate::identity::{Accounts, Identity};
+use crate::identity::Identity;
 
 /// Exit code when the program exists but cannot be executed, as shells use it.
 pub const NOT_EXECUTABLE: u8 = 126;
 /// Exit code when the program is not found.
 pub const NOT_FOUND: u8 = 127;
 
-/// The identity the program will run as. Root becomes `wanted`. A process that is not
-/// root stays what it is: that is `wanted` when uid and gid match, with whatever extra
-/// groups the runtime gave it (Kubernetes fsGroup and supplementalGroups add some, and
-/// only root could drop them). Any other identity cannot be had: an error, before
-/// anything else happens.
-pub fn runtime_identity(wanted: &Identity, accounts: &Accounts) -> Result<Identity> {
-    if nix::unistd::geteuid().is_root() || wanted.is_current_process() {
-        return Ok(wanted.clone());
-    }
-    let me = accounts.current();
-    let effective = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
-    if (me.uid, me.gid) == (wanted.uid, wanted.gid) && effective == (me.uid, me.gid) {
-        return Ok(Identity { name: wanted.name.clone(), home: wanted.home.clone(), ..me });
+/// Refuses, before anything else happens, an identity this process cannot become: only
+/// root can become someone else.
+pub fn ensure_can_become(identity: &Identity) -> Result<()> {
+    if nix::unistd::geteuid().is_root() || identity.is_current_process() {
+        return Ok(());
     }
     bail!(
         "cannot run as uid {} gid {}: this process is uid {} gid {} and not root; start it \
          as root, or give --user the identity it already has",
-        wanted.uid,
-        wanted.gid,
-        effective.0,
-        effective.1
+        identity.uid,
+        identity.gid,
+        nix::unistd::geteuid(),
+        nix::unistd::getegid()
     )
 }
 

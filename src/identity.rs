@@ -199,6 +199,25 @@ impl Identity {
         ours == theirs
     }
 
+    /// This identity as the process will really hold it. Root can take any identity. A
+    /// process that is not root keeps what it is: when its uid and gid are this identity's,
+    /// that includes the extra groups its runtime gave it (Kubernetes fsGroup and
+    /// supplementalGroups add some, and only root could drop them), so checks are made
+    /// for the groups it really has. Any other identity is returned unchanged, for checks
+    /// computed on its behalf.
+    pub fn as_held_here(&self, accounts: &Accounts) -> Identity {
+        use nix::unistd::{getegid, geteuid};
+        if geteuid().is_root() || self.is_current_process() {
+            return self.clone();
+        }
+        let me = accounts.current();
+        let effective = (geteuid().as_raw(), getegid().as_raw());
+        if (me.uid, me.gid) == (self.uid, self.gid) && effective == (me.uid, me.gid) {
+            return Identity { name: self.name.clone(), home: self.home.clone(), ..me };
+        }
+        self.clone()
+    }
+
     pub fn in_group(&self, gid: u32) -> bool {
         self.groups.contains(&gid)
     }

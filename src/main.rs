@@ -54,21 +54,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Apply { dry_run } => {
             common.apply_color(Common::stdout_is_terminal());
             let setup = common.setup()?;
-            let opts = apply::Options { dry_run: *dry_run, log: !common.quiet };
+            let opts = apply::Options { dry_run: *dry_run, log: common.verbose };
             let report = apply::run(&setup, opts)?;
             emit(common, &report, std::io::stdout().lock())?;
             Ok(verdict(&report))
         }
         Command::Exec { apply, warn_only, argv } => {
             common.apply_color(std::io::stderr().is_terminal());
-            let mut setup = common.setup()?;
-            setup.identity = exec::runtime_identity(&setup.identity, &setup.accounts)?;
-            let report = if *apply && nix::unistd::geteuid().is_root() {
-                let opts = apply::Options { dry_run: false, log: !common.quiet };
+            let setup = common.setup()?;
+            exec::ensure_can_become(&setup.identity)?;
+            let mut report = if *apply && nix::unistd::geteuid().is_root() {
+                let opts = apply::Options { dry_run: false, log: common.verbose };
                 apply::run(&setup, opts)?
             } else {
                 check_setup(common, &setup)?
             };
+            report.command = "exec";
             emit(common, &report, std::io::stderr().lock())?;
             if *apply && !report.passed() && !nix::unistd::geteuid().is_root() {
                 eprintln!("fs-preflight: --apply needs root: nothing was fixed, only checked");
@@ -99,7 +100,8 @@ fn check_setup(common: &Common, setup: &cli::Setup) -> Result<Report> {
 /// still carries the verdict.
 fn emit(common: &Common, report: &Report, out: impl Write) -> Result<()> {
     let written = match common.format {
-        Format::Json => report.write_json(out),
+        // exec shares stderr with the program: one line, so a log reader can pick it out.
+        Format::Json => report.write_json(out, report.command != "exec"),
         Format::Text => report.write_text(out, common.quiet),
     };
     match written {

@@ -125,7 +125,17 @@ pub fn target(entry: &Entry, identity: &Identity, current: Option<Meta>) -> Targ
             0
         };
         meta.mode |= WX << shift;
-        chosen.push(format!("mode not set: added write and search for uid {}", identity.uid));
+        if shift == 0 {
+            // Writable by everyone: at least nobody may delete or rename another's files.
+            meta.mode |= 0o1000;
+            chosen.push(format!(
+                "mode not set: uid {} is neither the owner nor in the group, so only others' \
+                 bits could let it write; added write and search for others, with the sticky bit",
+                identity.uid
+            ));
+        } else {
+            chosen.push(format!("mode not set: added write and search for uid {}", identity.uid));
+        }
     }
     Target { meta, chosen }
 }

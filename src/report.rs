@@ -276,8 +276,12 @@ impl Report {
         self.summary.failed == 0
     }
 
-    pub fn write_json(&self, mut out: impl Write) -> io::Result<()> {
-        serde_json::to_writer_pretty(&mut out, self)?;
+    pub fn write_json(&self, mut out: impl Write, pretty: bool) -> io::Result<()> {
+        if pretty {
+            serde_json::to_writer_pretty(&mut out, self)?;
+        } else {
+            serde_json::to_writer(&mut out, self)?;
+        }
         writeln!(out)
     }
 
@@ -298,7 +302,7 @@ impl Report {
         }
         writeln!(out, "{}", heading.bold())?;
         for entry in self.entries.iter().filter(|e| !quiet || e.failed()) {
-            write_entry(&mut out, entry)?;
+            write_entry(&mut out, entry, self.dry_run)?;
         }
         let mut tail = format!(
             "{} of {} pass, {} fail ({}); writability {}",
@@ -317,7 +321,7 @@ impl Report {
     }
 }
 
-fn write_entry(out: &mut impl Write, entry: &EntryReport) -> io::Result<()> {
+fn write_entry(out: &mut impl Write, entry: &EntryReport, dry_run: bool) -> io::Result<()> {
     let verdict = match entry.status {
         Status::Fail => "FAIL".red().bold(),
         _ => "ok  ".green(),
@@ -327,7 +331,10 @@ fn write_entry(out: &mut impl Write, entry: &EntryReport) -> io::Result<()> {
     writeln!(out, "{verdict}  {}{via}{found}", escape(entry.path.as_bytes()))?;
     for change in entry.changes.iter().flatten() {
         let before = change.before.as_ref().map(|b| format!("{b} -> ")).unwrap_or_default();
-        let action = change.action.name();
+        let action = match dry_run {
+            true => format!("would {}", change.action.name()),
+            false => change.action.name().to_string(),
+        };
         writeln!(out, "      {} {}: {before}{}", action.cyan(), change.path, change.after)?;
     }
     for check in entry.checks.iter().filter(|c| c.status == Status::Fail) {

@@ -1108,3 +1108,20 @@ fn without_root_apply_chmods_its_own_directory_and_reports_what_needs_root() {
     assert!(changes(&r, &theirs).is_empty(), "{r:#}");
     assert_eq!(entry(&r, &own)["status"], "pass");
 }
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn a_directory_only_others_could_write_gets_the_sticky_bit_and_a_note() {
+    root_only();
+    let t = Tree::new();
+    let path = t.p("shared");
+    let m = t.write(
+        "m.toml",
+        &format!("user = \"10001:10001\"\n[[dir]]\npath = \"{path}\"\nowner = 0\ngroup = 0\n"),
+    );
+    let out = run(&["apply", "--format", "json", "--manifest", m.to_str().unwrap()]);
+    assert_exit(&out, 0);
+    assert_eq!(stat(&t.path("shared")).2, 0o1757);
+    let notes = json(&out)["entries"][0]["notes"].to_string();
+    assert!(notes.contains("sticky"), "{notes}");
+}

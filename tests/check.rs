@@ -705,3 +705,63 @@ fn apply_is_not_suggested_for_what_it_refuses() {
         assert_eq!(entry(&r, path).get("resolved"), None, "{path}: no symlink was followed");
     }
 }
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn the_printed_dockerfile_fix_run_as_is_makes_the_check_pass() {
+    root_only();
+    let t = Tree::new();
+    // Left over from an OpenShift build: the setgid bit that GNU chmod keeps for "0755".
+    let dir = t.dir("app/generated_media", 10001, 0, 0o2775);
+    let m = t.write(
+        "m.toml",
+        &format!(
+            "user = \"10001:10001\"\n[[dir]]\npath = \"{}\"\nowner = 10001\ngroup = 10001\n\
+             mode = \"0755\"\n",
+            dir.display()
+        ),
+    );
+    let m = m.to_str().unwrap();
+    let out = run(&["check", "--format", "json", "--manifest", m]);
+    assert_exit(&out, 1);
+    let r = json(&out);
+    let fix = r["entries"][0]["fixes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "dockerfile")
+        .unwrap_or_else(|| panic!("no Dockerfile fix in {r:#}"))["command"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let shell = fix.strip_prefix("RUN ").unwrap();
+    let ran = std::process::Command::new("sh").args(["-c", shell]).status().unwrap();
+    assert!(ran.success(), "{shell}");
+    assert_eq!(stat(&dir).2, 0o755, "after {shell}");
+    assert_exit(&run(&["check", "--manifest", m]), 0);
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn writable_fails_when_an_ancestor_blocks_the_way() {
+    root_only();
+    let t = Tree::new();
+    t.dir("srv/private", 0, 0, 0o700);
+    let data = t.dir("srv/private/data", 10001, 10001, 0o755);
+    let m = t.write("m.toml", &format!("[[dir]]\npath = \"{}\"\n", data.display()));
+    let path = data.to_str().unwrap();
+    for extra in [&[][..], &["--no-probe"][..]] {
+        let mut args = vec!["check", "--format", "json", "--user", "10001:10001"];
+        args.extend_from_slice(&["--manifest", m.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        assert_exit(&out, 1);
+        let r = json(&out);
+        assert_eq!(check(&r, path, "ancestors")["status"], "fail");
+        let writable = check(&r, path, "writable");
+        assert_eq!(writable["status"], "fail", "{extra:?}: {writable:#}");
+        assert!(writable["message"].as_str().unwrap().contains("cannot get here"));
+        let fixes = r["entries"][0]["fixes"].to_string();
+        assert!(fixes.contains("chmod o+x") && !fixes.contains("fs-preflight apply"), "{fixes}");
+    }
+}

@@ -460,3 +460,18 @@ fn a_path_directory_the_user_cannot_search_means_not_found() {
     assert_exit(&out, 127);
     assert!(stderr(&out).contains("no-such-program-here: command not found"), "{}", stderr(&out));
 }
+
+#[test]
+fn exec_writes_its_json_report_as_one_line_beside_the_program_output() {
+    let fx = Fixture::new();
+    let args = fx.args(&["--format", "json", "--", "sh", "-c", "echo from-the-program >&2"]);
+    let out = fsp(&args, &[]);
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    let report: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(report["command"], "exec");
+    assert_eq!(report["summary"]["failed"], 0);
+    assert_eq!(lines[1], "from-the-program");
+}
