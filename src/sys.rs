@@ -130,17 +130,46 @@ pub fn mount_of<'a>(mounts: &'a [Mount], host_path: &Path) -> Option<&'a Mount> 
         .map(|(_, m)| m)
 }
 
-/// Whether `fd` is the root of a mount, bind mounts of the same filesystem included
-/// (which keep the device number). None where the kernel cannot tell (before Linux 5.8).
-pub fn is_mount_root(fd: BorrowedFd<'_>) -> Option<bool> {
-    // SAFETY: statx writes into the zeroed struct we own; the path is NUL-terminated.
+/// lstat of `name` in `dir`, and whether it is the root of a mount (bind mounts of files
+/// and of directories of the same filesystem included, which keep the device number).
+/// The mount answer is None where the kernel cannot give it (before Linux 5.8).
+pub fn lstat_at(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> Result<(FileStat, Option<bool>), Errno> {
+    // SAFETY: statx writes into the zeroed struct we own; the name is NUL-terminated.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW;
     let rc = unsafe {
-        libc::statx(fd.as_raw_fd(), c"".as_ptr(), flags, libc::STATX_BASIC_STATS, &mut stx)
+        libc::statx(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_BASIC_STATS,
+            &mut stx,
+        )
     };
+    if rc != 0 {
+        let e = Errno::last();
+        if e != Errno::ENOSYS {
+            return Err(e);
+        }
+        let st = nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        return Ok((st, None));
+    }
+    // SAFETY: FileStat is plain old data; every field a caller reads is filled below.
+    let mut st: FileStat = unsafe { std::mem::zeroed() };
+    st.st_dev = libc::makedev(stx.stx_dev_major, stx.stx_dev_minor);
+    st.st_rdev = libc::makedev(stx.stx_rdev_major, stx.stx_rdev_minor);
+    st.st_ino = stx.stx_ino;
+    st.st_mode = u32::from(stx.stx_mode);
+    st.st_nlink = stx.stx_nlink.into();
+    st.st_uid = stx.stx_uid;
+    st.st_gid = stx.stx_gid;
+    st.st_size = stx.stx_size as i64;
+    st.st_ctime = stx.stx_ctime.tv_sec;
+    st.st_ctime_nsec = stx.stx_ctime.tv_nsec.into();
+    st.st_mtime = stx.stx_mtime.tv_sec;
+    st.st_mtime_nsec = stx.stx_mtime.tv_nsec.into();
     let bit = libc::STATX_ATTR_MOUNT_ROOT as u64;
-    (rc == 0 && stx.stx_attributes_mask & bit != 0).then_some(stx.stx_attributes & bit != 0)
+    let mount_root = (stx.stx_attributes_mask & bit != 0).then_some(stx.stx_attributes & bit != 0);
+    Ok((st, mount_root))
 }
 
 /// Whether the filesystem under `fd` is mounted read-only.

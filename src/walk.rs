@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 use nix::dir::Dir;
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag};
-use nix::sys::stat::{FileStat, Mode, fstat, fstatat};
+use nix::fcntl::OFlag;
+use nix::sys::stat::{FileStat, Mode, fstat};
 
 use crate::sys;
 
@@ -59,8 +59,8 @@ struct Frame {
 }
 
 /// Walks everything below `top` (a directory descriptor opened for reading). `path` is the
-/// top's container path; `mount_points` are container paths of mounts anywhere (a bind
-/// mount of the same filesystem keeps the device number, so the table is asked too).
+/// top's container path; `mount_points` are container paths of mounts, asked only where
+/// the kernel cannot say whether an entry is a mount root.
 pub fn walk(
     top: Dir,
     path: &Path,
@@ -87,14 +87,23 @@ pub fn walk(
         };
         let child_path = frame.path.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
         let parent = frame.dir.as_fd();
-        let st = match fstatat(parent, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) => st,
+        let (st, mount_root) = match sys::lstat_at(parent, name.as_c_str()) {
+            Ok(found) => found,
             Err(Errno::ENOENT) => continue,
             Err(e) => {
                 out.errors.push((child_path, e));
                 continue;
             }
         };
+        // Another mount, of a directory or of a single file (a bind-mounted key or
+        // ConfigMap item): its contents are not the tree's. The kernel's word decides; the
+        // mount table is the fallback for kernels that cannot say.
+        let mount = st.st_dev != top_dev
+            || mount_root.unwrap_or_else(|| mount_points.contains(&child_path));
+        if mount {
+            out.mounts.push(child_path);
+            continue;
+        }
         if !sys::is_dir(&st) {
             out.visited += 1;
             let item = Item { parent, name: &name, path: &child_path, st: &st, dir: None };
@@ -102,10 +111,6 @@ pub fn walk(
                 out.stopped = true;
                 return out;
             }
-            continue;
-        }
-        if st.st_dev != top_dev {
-            out.mounts.push(child_path);
             continue;
         }
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
@@ -117,14 +122,6 @@ pub fn walk(
                 continue;
             }
         };
-        // The kernel's word on the opened directory decides; the mount table is the
-        // fallback for kernels that cannot say.
-        let mount =
-            sys::is_mount_root(child.as_fd()).unwrap_or_else(|| mount_points.contains(&child_path));
-        if mount {
-            out.mounts.push(child_path);
-            continue;
-        }
         match fstat(child.as_fd()) {
             Ok(now) if sys::same_inode(&st, &now) => {}
             _ => {
