@@ -11,11 +11,10 @@
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{FileStat, Mode};
-use nix::unistd::{Gid, Uid, UnlinkatFlags, unlinkat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use crate::identity::Identity;
 
@@ -47,93 +46,163 @@ impl Method {
     }
 }
 
-/// Runs the write probe on each directory, as `identity` per `method` (which must be a
-/// probing one). One result per directory: Ok, or the errno the kernel gave.
+/// What the write probe found in one directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probed {
+    /// A file was created and removed.
+    Written,
+    /// A file was created but could not be removed (an append-only directory): the
+    /// identity can write, and a probe file is left behind.
+    LeftBehind(Errno),
+    /// No file could be created: the errno the kernel gave.
+    Refused(Errno),
+}
+
+/// How long the forked probe may take before it is killed and writability is computed
+/// instead: the child runs as the identity, which may stop it with a signal.
+const PROBE_DEADLINE_MS: u16 = 10_000;
+
+/// Runs the write probe on each directory, as `identity` per `method` (a probing one).
+/// Err says why no probe could be made; the caller computes instead.
 pub fn probe(
     method: Method,
     identity: &Identity,
     dirs: &[BorrowedFd<'_>],
-) -> Result<Vec<Result<(), Errno>>> {
+) -> Result<Vec<Probed>, String> {
     match method {
         Method::ProbeHere => Ok(dirs.iter().map(|d| probe_one(*d)).collect()),
         Method::ProbeAsChild => probe_in_child(identity, dirs),
-        Method::Compute => bail!("probe called for a computed check"),
+        Method::Compute => Err("probing is off".into()),
     }
 }
 
-fn probe_one(dir: BorrowedFd<'_>) -> Result<(), Errno> {
+fn probe_one(dir: BorrowedFd<'_>) -> Probed {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let name = format!(".fs-preflight-probe.{}.{nanos:x}", std::process::id());
     let flags =
         OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let file = openat(dir, name.as_str(), flags, Mode::from_bits_truncate(0o600))?;
-    drop(file);
-    unlinkat(dir, name.as_str(), UnlinkatFlags::NoRemoveDir)
+    match openat(dir, name.as_str(), flags, Mode::from_bits_truncate(0o600)) {
+        Err(e) => Probed::Refused(e),
+        Ok(file) => {
+            drop(file);
+            match unlinkat(dir, name.as_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) => Probed::Written,
+                Err(e) => Probed::LeftBehind(e),
+            }
+        }
+    }
 }
 
-fn probe_in_child(identity: &Identity, dirs: &[BorrowedFd<'_>]) -> Result<Vec<Result<(), Errno>>> {
-    use nix::unistd::{ForkResult, fork, pipe, read, write};
-    let (rx, tx) = pipe().context("pipe for the probe")?;
-    let groups: Vec<Gid> = identity.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+/// One i32 per directory on the pipe: 0 written, errno refused, -errno left behind.
+fn encode(p: Probed) -> i32 {
+    match p {
+        Probed::Written => 0,
+        Probed::Refused(e) => e as i32,
+        Probed::LeftBehind(e) => -(e as i32),
+    }
+}
+
+fn decode(code: i32) -> Probed {
+    match code {
+        0 => Probed::Written,
+        c if c > 0 => Probed::Refused(Errno::from_raw(c)),
+        c => Probed::LeftBehind(Errno::from_raw(-c)),
+    }
+}
+
+fn probe_in_child(identity: &Identity, dirs: &[BorrowedFd<'_>]) -> Result<Vec<Probed>, String> {
+    use nix::unistd::{ForkResult, fork, pipe};
+    let (rx, tx) = pipe().map_err(|e| format!("pipe: {}", e.desc()))?;
     // SAFETY: the tool is single-threaded, so the child may allocate and use std freely;
     // it leaves through _exit and never returns into the parent's code.
-    match unsafe { fork() }.context("fork for the probe")? {
+    match unsafe { fork() }.map_err(|e| format!("fork: {}", e.desc()))? {
         ForkResult::Child => {
             drop(rx);
-            let dropped = nix::unistd::setgroups(&groups)
-                .and_then(|_| nix::unistd::setgid(Gid::from_raw(identity.gid)))
-                .and_then(|_| nix::unistd::setuid(Uid::from_raw(identity.uid)));
             let mut out = Vec::with_capacity(4 * (dirs.len() + 1));
-            match dropped {
+            // Fully the identity, verified, before touching anything.
+            match crate::privs::become_identity(identity) {
                 Ok(()) => {
                     out.extend(0i32.to_le_bytes());
                     for dir in dirs {
-                        let code = probe_one(*dir).err().map_or(0, |e| e as i32);
-                        out.extend(code.to_le_bytes());
+                        out.extend(encode(probe_one(*dir)).to_le_bytes());
                     }
                 }
-                Err(e) => out.extend((e as i32).to_le_bytes()),
-            }
-            let mut rest = &out[..];
-            while !rest.is_empty() {
-                match write(&tx, rest) {
-                    Ok(n) => rest = &rest[n..],
-                    Err(Errno::EINTR) => {}
-                    Err(_) => break,
+                Err(e) => {
+                    let errno = e.downcast_ref::<Errno>().copied().unwrap_or(Errno::EPERM);
+                    out.extend((errno as i32).to_le_bytes());
                 }
             }
+            write_all(&tx, &out);
             // SAFETY: _exit skips the parent's atexit handlers and buffered output.
             unsafe { libc::_exit(0) }
         }
         ForkResult::Parent { child } => {
             drop(tx);
-            let mut bytes = Vec::new();
-            let mut buf = [0u8; 4096];
-            loop {
-                match read(&rx, &mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => bytes.extend_from_slice(&buf[..n]),
-                    Err(Errno::EINTR) => {}
-                    Err(e) => return Err(e).context("reading the probe's answers"),
-                }
+            let answers = read_answers(&rx, 4 * (dirs.len() + 1));
+            if answers.is_err() {
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
             }
-            nix::sys::wait::waitpid(child, None).context("waiting for the probe")?;
+            // ECHILD: started with SIGCHLD ignored, the child was reaped by the kernel.
+            match nix::sys::wait::waitpid(child, None) {
+                Ok(_) | Err(Errno::ECHILD) => {}
+                Err(e) => return Err(format!("waiting for the probe: {}", e.desc())),
+            }
+            let bytes = answers?;
             let codes: Vec<i32> =
                 bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect();
             match codes.split_first() {
-                Some((0, rest)) if rest.len() == dirs.len() => Ok(rest
-                    .iter()
-                    .map(|&c| if c == 0 { Ok(()) } else { Err(Errno::from_raw(c)) })
-                    .collect()),
-                Some((&c, _)) if c != 0 => bail!(
-                    "cannot take identity {} for the probe: {}",
+                Some((0, rest)) if rest.len() == dirs.len() => {
+                    Ok(rest.iter().map(|&c| decode(c)).collect())
+                }
+                Some((&c, _)) if c != 0 => Err(format!(
+                    "cannot take uid {} for the probe: {}",
                     identity.uid,
                     Errno::from_raw(c).desc()
-                ),
-                _ => bail!("the probe child ended without answering"),
+                )),
+                _ => Err("the probe ended without answering".into()),
             }
+        }
+    }
+}
+
+fn write_all(fd: &impl std::os::fd::AsFd, mut rest: &[u8]) {
+    while !rest.is_empty() {
+        match nix::unistd::write(fd, rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(Errno::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+}
+
+/// Reads the child's answers until it closes the pipe, or until the deadline.
+fn read_answers(rx: &std::os::fd::OwnedFd, expected: usize) -> Result<Vec<u8>, String> {
+    use nix::poll::{PollFd, PollFlags, poll};
+    use std::os::fd::AsFd;
+    let started = std::time::Instant::now();
+    let mut bytes = Vec::with_capacity(expected);
+    let mut buf = [0u8; 4096];
+    loop {
+        let spent = started.elapsed().as_millis().min(u128::from(PROBE_DEADLINE_MS)) as u16;
+        let left = PROBE_DEADLINE_MS - spent;
+        let mut fds = [PollFd::new(rx.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, left) {
+            Ok(0) => {
+                return Err(format!(
+                    "the probe did not answer within {} s",
+                    PROBE_DEADLINE_MS / 1000
+                ));
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(format!("waiting for the probe: {}", e.desc())),
+        }
+        match nix::unistd::read(rx, &mut buf) {
+            Ok(0) => return Ok(bytes),
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(Errno::EINTR | Errno::EAGAIN) => {}
+            Err(e) => return Err(format!("reading the probe's answers: {}", e.desc())),
         }
     }
 }
@@ -157,8 +226,15 @@ impl Acl {
         // and works for O_PATH descriptors, which fgetxattr refuses.
         let path = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
         let name = c"system.posix_acl_access";
-        let mut buf = [0u8; 1024];
-        // SAFETY: both strings are NUL-terminated and buf is writable for its length.
+        // Ask the size first: an ACL with many entries is larger than any fixed buffer,
+        // and one that did not fit would read as no ACL at all.
+        // SAFETY: both strings are NUL-terminated; a null buffer of size 0 asks the size.
+        let size = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+        if size < 4 {
+            return None;
+        }
+        let mut buf = vec![0u8; size as usize + 64];
+        // SAFETY: buf is writable for its length.
         let n = unsafe {
             libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
         };

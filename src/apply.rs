@@ -58,7 +58,13 @@ struct Powers {
 
 /// Applies the manifest and returns the report of the check that follows.
 pub fn run(setup: &Setup, opts: Options) -> Result<Report> {
-    let mut ctx = Context::new(&setup.root, &setup.accounts, &setup.identity, Method::Compute);
+    let mut ctx = Context::new(
+        &setup.root,
+        &setup.accounts,
+        &setup.identity,
+        Method::Compute,
+        &setup.entries,
+    );
     ctx.repeat_flags = setup.repeat_flags.clone();
     let powers = Powers {
         euid: nix::unistd::geteuid().as_raw(),
@@ -461,7 +467,7 @@ impl Worker<'_, '_> {
         };
         let mounts = check::mount_points(self.ctx, path);
         let mut seen = Unchanged::default();
-        let outcome = walk::walk(top, path, &mounts, &mut |item| {
+        let outcome = walk::walk(top, path, &mounts, &self.ctx.listed, &mut |item| {
             if self.visit(&item, wanted, &mut seen) { Flow::Descend } else { Flow::Stop }
         });
         if seen.unmanaged > 0 {
@@ -483,6 +489,10 @@ impl Worker<'_, '_> {
         if !outcome.mounts.is_empty() {
             let list: Vec<String> = outcome.mounts.iter().map(|m| show(m)).collect();
             self.out.notes.push(format!("other mounts below, not entered: {}", list.join(", ")));
+        }
+        if !outcome.listed.is_empty() {
+            let list: Vec<String> = outcome.listed.iter().map(|m| show(m)).collect();
+            self.out.notes.push(format!("left to their own entries: {}", list.join(", ")));
         }
         if let Some((p, e)) = outcome.errors.first() {
             self.refuse(format!(

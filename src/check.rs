@@ -16,7 +16,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::{FileStat, Mode};
 
-use crate::access::{self, Acl, Method, SEARCH, WRITE};
+use crate::access::{self, Acl, Method, Probed, SEARCH, WRITE};
 use crate::identity::{Accounts, Identity};
 use crate::manifest::Entry;
 use crate::policy::{self, Meta};
@@ -39,6 +39,11 @@ pub struct Context<'a> {
     /// Options to repeat in suggested commands, e.g. ` --manifest app.toml --user 10001`.
     pub repeat_flags: String,
     acls: RefCell<HashMap<(u64, u64), Option<Acl>>>,
+    /// Why the probe could not be made, when it could not: writability is computed then.
+    probe_failed: RefCell<Option<String>>,
+    /// Every entry's path: a recursive walk leaves directories that are entries of their
+    /// own to them, or two entries would set one directory to two values in turn.
+    pub listed: Vec<PathBuf>,
 }
 
 impl<'a> Context<'a> {
@@ -47,6 +52,7 @@ impl<'a> Context<'a> {
         accounts: &'a Accounts,
         identity: &'a Identity,
         method: Method,
+        entries: &[Entry],
     ) -> Self {
         let in_userns = !IdMap::read("uid_map").is_initial();
         let overflow = in_userns.then(|| {
@@ -65,11 +71,18 @@ impl<'a> Context<'a> {
             overflow,
             repeat_flags: String::new(),
             acls: RefCell::default(),
+            probe_failed: RefCell::default(),
+            listed: entries.iter().map(|e| PathBuf::from(&e.path)).collect(),
         }
     }
 
-    pub fn writability(&self) -> &'static str {
-        if self.method == Method::Compute { "computed" } else { "probed" }
+    /// How writability was established, for the report.
+    pub fn writability(&self) -> String {
+        match (self.method, self.probe_failed.borrow().as_ref()) {
+            (Method::Compute, _) => "computed".into(),
+            (_, Some(why)) => format!("computed ({why})"),
+            _ => "probed".into(),
+        }
     }
 
     /// The access ACL of a directory, read once per inode: every entry passes the same
@@ -132,7 +145,7 @@ impl<'a> Context<'a> {
 }
 
 /// Result of the write probe for one directory, when probing.
-type Probe = Option<Result<(), Errno>>;
+type Probe = Option<Probed>;
 
 /// Checks every entry. Errors are environment failures (exit 2), not findings.
 pub fn check_all(ctx: &Context<'_>, entries: &[Entry]) -> Result<Vec<EntryReport>> {
@@ -140,7 +153,7 @@ pub fn check_all(ctx: &Context<'_>, entries: &[Entry]) -> Result<Vec<EntryReport
         .iter()
         .map(|e| resolve::resolve(ctx.root, Path::new(&e.path), Links::Follow))
         .collect::<Result<_>>()?;
-    let probes = probe_all(ctx, &resolutions)?;
+    let probes = probe_all(ctx, entries, &resolutions);
     Ok(entries
         .iter()
         .zip(&resolutions)
@@ -149,14 +162,18 @@ pub fn check_all(ctx: &Context<'_>, entries: &[Entry]) -> Result<Vec<EntryReport
         .collect())
 }
 
-/// Probes, in one go, each existing entry and the parent of each missing one.
-fn probe_all(ctx: &Context<'_>, resolutions: &[Resolution]) -> Result<Vec<Probe>> {
+/// Probes, in one go, each existing entry that must be writable and the parent of each
+/// such entry that is missing. Where no probe can be made, writability is computed and
+/// the report says why.
+fn probe_all(ctx: &Context<'_>, entries: &[Entry], resolutions: &[Resolution]) -> Vec<Probe> {
+    let none = || resolutions.iter().map(|_| None).collect();
     if ctx.method == Method::Compute {
-        return Ok(resolutions.iter().map(|_| None).collect());
+        return none();
     }
-    fn target(r: &Resolution) -> Option<BorrowedFd<'_>> {
-        // A probe writes a file; never through a link a user may have planted.
-        if r.links.iter().any(|l| !l.trusted) {
+    fn target<'r>(entry: &Entry, r: &'r Resolution) -> Option<BorrowedFd<'r>> {
+        // A probe writes a file: only where writing is the point, and never through a
+        // link a user may have planted.
+        if !entry.writable || r.links.iter().any(|l| !l.trusted) {
             return None;
         }
         match (&r.entry, &r.state) {
@@ -165,9 +182,18 @@ fn probe_all(ctx: &Context<'_>, resolutions: &[Resolution]) -> Result<Vec<Probe>
             _ => None,
         }
     }
-    let fds: Vec<BorrowedFd<'_>> = resolutions.iter().filter_map(target).collect();
-    let mut answers = access::probe(ctx.method, ctx.identity, &fds)?.into_iter();
-    Ok(resolutions.iter().map(|r| target(r).and_then(|_| answers.next())).collect())
+    let pairs = || entries.iter().zip(resolutions);
+    let fds: Vec<BorrowedFd<'_>> = pairs().filter_map(|(e, r)| target(e, r)).collect();
+    match access::probe(ctx.method, ctx.identity, &fds) {
+        Ok(answers) => {
+            let mut answers = answers.into_iter();
+            pairs().map(|(e, r)| target(e, r).and_then(|_| answers.next())).collect()
+        }
+        Err(why) => {
+            *ctx.probe_failed.borrow_mut() = Some(why);
+            none()
+        }
+    }
 }
 
 fn check_entry(ctx: &Context<'_>, entry: &Entry, res: &Resolution, probe: Probe) -> EntryReport {
@@ -279,7 +305,7 @@ fn exists(ctx: &Context<'_>, res: &Resolution, probe: &Probe) -> Check {
                 n => format!("missing, and so are {} of its parents", n - 1),
             };
             let can = match probe {
-                Some(result) => result.is_ok(),
+                Some(probed) => !matches!(probed, Probed::Refused(_)),
                 None => {
                     !sys::is_read_only(parent.fd())
                         && access::permits(
@@ -362,9 +388,14 @@ fn writable(
     };
     let who = ctx.who();
     let here = match probe {
-        Some(Ok(())) => Ok(format!("{who} created and removed a file here")),
-        Some(Err(Errno::EROFS)) => Err("cannot write: read-only filesystem".to_string()),
-        Some(Err(e)) => Err(format!(
+        Some(Probed::Written) => Ok(format!("{who} created and removed a file here")),
+        Some(Probed::LeftBehind(e)) => Ok(format!(
+            "{who} created a file here but could not remove it ({}): a .fs-preflight-probe.* \
+             file is left behind",
+            e.desc()
+        )),
+        Some(Probed::Refused(Errno::EROFS)) => Err("cannot write: read-only filesystem".into()),
+        Some(Probed::Refused(e)) => Err(format!(
             "{who} cannot create a file here: {} ({})",
             e.desc(),
             ctx.describe(&dir.st)
@@ -483,7 +514,8 @@ fn contents(ctx: &Context<'_>, entry: &Entry, res: &Resolution) -> Check {
     let mut wrong = 0u64;
     let mut unmanaged = 0u64;
     let mut samples = Vec::new();
-    let outcome = walk::walk(top, &dir.path, &mount_points(ctx, &dir.path), &mut |item| {
+    let mounts = mount_points(ctx, &dir.path);
+    let outcome = walk::walk(top, &dir.path, &mounts, &ctx.listed, &mut |item| {
         if !Wanted::manages(item.st) {
             unmanaged += 1;
         }
@@ -512,6 +544,10 @@ fn contents(ctx: &Context<'_>, entry: &Entry, res: &Resolution) -> Check {
     if !outcome.mounts.is_empty() {
         let list: Vec<String> = outcome.mounts.iter().map(|m| show(m)).collect();
         message.push_str(&format!("; other mounts not entered: {}", list.join(", ")));
+    }
+    if !outcome.listed.is_empty() {
+        let list: Vec<String> = outcome.listed.iter().map(|m| show(m)).collect();
+        message.push_str(&format!("; left to their own entries: {}", list.join(", ")));
     }
     if !outcome.errors.is_empty() {
         let (p, e) = &outcome.errors[0];

@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use nix::sys::stat::FileStat;
 
 use crate::identity::{Accounts, Identity};
-use crate::manifest::{self, Entry};
+use crate::manifest::{self, Entry, Manifest};
 use crate::report::{escape, quote};
-use crate::resolve::Root;
+use crate::resolve::{self, Root};
 
 /// Make sure a container's directories are ready for the user it runs as.
 #[derive(Debug, Parser)]
@@ -132,9 +133,7 @@ impl Common {
     pub fn setup(&self) -> Result<Setup> {
         let root = Root::open(self.root.as_deref().unwrap_or(Path::new("/")))?;
         let accounts = Accounts::load(&root)?;
-        let file = self.find_manifest(&root)?;
-        let env = |name: &str| std::env::var(name).ok();
-        let manifest = manifest::load(&file, &env)?;
+        let manifest = self.load_manifest(&root)?;
         let identity = match (&self.user, &manifest.user) {
             (Some(spec), _) => accounts.resolve(spec).context("--user")?,
             (None, Some(spec)) => accounts
@@ -147,24 +146,37 @@ impl Common {
         Ok(Setup { root, accounts, identity, entries, repeat_flags: self.repeat_flags() })
     }
 
-    fn find_manifest(&self, root: &Root) -> Result<PathBuf> {
-        if let Some(file) = &self.manifest {
-            return Ok(file.clone());
+    /// Finds and reads the manifest: named by --manifest or FS_PREFLIGHT_MANIFEST, else
+    /// ./fs-preflight.toml, else /etc/fs-preflight.toml inside the root.
+    fn load_manifest(&self, root: &Root) -> Result<Manifest> {
+        let env = |name: &str| std::env::var(name).ok();
+        let named = self.manifest.clone().or_else(|| {
+            std::env::var_os("FS_PREFLIGHT_MANIFEST").filter(|v| !v.is_empty()).map(PathBuf::from)
+        });
+        if let Some(file) = named {
+            return manifest::load(&file, &env);
         }
-        if let Some(file) = std::env::var_os("FS_PREFLIGHT_MANIFEST").filter(|v| !v.is_empty()) {
-            return Ok(PathBuf::from(file));
+        let here = Path::new("fs-preflight.toml");
+        if let Ok(st) = nix::sys::stat::lstat(here) {
+            let dir = nix::sys::stat::stat(".").ok();
+            match untrusted(&st).or_else(|| dir.as_ref().and_then(untrusted_dir)) {
+                None => return manifest::load(here, &env),
+                Some(why) => eprintln!("fs-preflight: ignoring ./fs-preflight.toml: {why}"),
+            }
         }
-        let candidates =
-            [PathBuf::from("fs-preflight.toml"), root.host.join("etc/fs-preflight.toml")];
-        match candidates.into_iter().find(|c| c.is_file()) {
-            Some(file) => {
-                trusted_as_root(&file)?;
-                Ok(file)
+        let etc = Path::new("/etc/fs-preflight.toml");
+        let shown = root.host_path(etc);
+        match resolve::read_file(root, etc, manifest::MANIFEST_CAP)? {
+            Some(read) => {
+                if let Some(why) = untrusted(&read.st).or_else(|| untrusted_dir(&read.dir_st)) {
+                    bail!("refusing the manifest {}: {why}", shown.display());
+                }
+                manifest::from_bytes(&shown, read.bytes, &env)
             }
             None => bail!(
                 "no manifest: pass --manifest FILE, set FS_PREFLIGHT_MANIFEST, or create \
                  ./fs-preflight.toml or {}",
-                root.host.join("etc/fs-preflight.toml").display()
+                shown.display()
             ),
         }
     }
@@ -188,31 +200,40 @@ impl Common {
     }
 }
 
-/// A manifest found without being named (in the working directory, or /etc) is refused
-/// when root runs and someone else could have written it: as an entrypoint, root may start
-/// in a directory the app user owns, and must not apply that user's manifest.
-fn trusted_as_root(file: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
+/// A manifest found without being named is refused when root runs and someone else could
+/// have written it: as an entrypoint, root may start in a directory the app user owns, and
+/// must not apply that user's manifest. Each of these says why, or None when it may be used.
+fn untrusted(st: &FileStat) -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
-        return Ok(());
+        return None;
     }
-    let abs = std::path::absolute(file)?;
-    for path in [Some(abs.as_path()), abs.parent()].into_iter().flatten() {
-        let m = std::fs::metadata(path)?;
-        let others_write = m.mode() & 0o022 != 0 && m.mode() & libc::S_ISVTX == 0;
-        let file_writable = path == abs && m.mode() & 0o022 != 0;
-        if m.uid() != 0 || others_write || file_writable {
-            bail!(
-                "refusing the manifest {}: running as root, and {} is not root's alone \
-                 (owner uid {}, mode {:04o}); name it with --manifest to use it anyway",
-                file.display(),
-                path.display(),
-                m.uid(),
-                m.mode() & 0o7777
-            );
-        }
+    let kind = st.st_mode & libc::S_IFMT;
+    if kind != libc::S_IFREG {
+        return Some("running as root, it must be a regular file, not a symlink".into());
     }
-    Ok(())
+    if st.st_uid != 0 || st.st_mode & 0o022 != 0 {
+        return Some(format!(
+            "running as root, it must be root's and writable by nobody else (owner uid {}, \
+             mode {:04o}); name it with --manifest to use it anyway",
+            st.st_uid,
+            st.st_mode & 0o7777
+        ));
+    }
+    None
+}
+
+/// The directory holding an unnamed manifest: root's, and nobody else may add or replace
+/// files in it (a sticky directory keeps others from replacing root's file).
+fn untrusted_dir(st: &FileStat) -> Option<String> {
+    let others_write = st.st_mode & 0o022 != 0 && st.st_mode & libc::S_ISVTX == 0;
+    (nix::unistd::geteuid().is_root() && (st.st_uid != 0 || others_write)).then(|| {
+        format!(
+            "running as root, its directory must be root's and writable by nobody else \
+             (owner uid {}, mode {:04o})",
+            st.st_uid,
+            st.st_mode & 0o7777
+        )
+    })
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
 use nix::sys::signal::{SigHandler, Signal, signal};
-use nix::unistd::{Gid, Uid};
 
 use crate::identity::Identity;
 
@@ -43,7 +42,7 @@ pub fn ensure_can_become(identity: &Identity) -> Result<()> {
 /// code to use.
 pub fn exec(identity: &Identity, argv: &[OsString]) -> Result<ExitCode> {
     if !identity.is_current_process() {
-        drop_privileges(identity)?;
+        crate::privs::become_identity(identity)?;
     }
     // SAFETY: the tool is single-threaded; nothing reads the environment concurrently.
     unsafe { std::env::set_var("HOME", &identity.home) };
@@ -58,17 +57,24 @@ pub fn exec(identity: &Identity, argv: &[OsString]) -> Result<ExitCode> {
     let args: Vec<CString> = argv.iter().map(|a| cstring(a)).collect::<Result<_>>()?;
     let program = &argv[0];
     let shown = crate::report::escape(program.as_bytes());
-    let err = if program.as_bytes().contains(&b'/') {
-        nix::unistd::execv(&args[0], &args).unwrap_err()
+    let (err, tried) = if program.is_empty() {
+        (Errno::ENOENT, None)
+    } else if program.as_bytes().contains(&b'/') {
+        (nix::unistd::execv(&args[0], &args).unwrap_err(), Some(args[0].clone()))
     } else {
         search_and_exec(program, &args)
     };
-    let code = match err {
-        Errno::ENOENT | Errno::ENOTDIR => {
+    let code = match (err, tried) {
+        // ENOENT for a file that is there: its #! interpreter is missing.
+        (Errno::ENOENT, Some(path)) if nix::sys::stat::stat(path.as_c_str()).is_ok() => {
+            eprintln!("fs-preflight: {shown}: cannot execute: bad interpreter");
+            NOT_EXECUTABLE
+        }
+        (Errno::ENOENT | Errno::ENOTDIR, _) => {
             eprintln!("fs-preflight: {shown}: command not found");
             NOT_FOUND
         }
-        e => {
+        (e, _) => {
             eprintln!("fs-preflight: {shown}: cannot execute: {}", e.desc());
             NOT_EXECUTABLE
         }
@@ -78,52 +84,30 @@ pub fn exec(identity: &Identity, argv: &[OsString]) -> Result<ExitCode> {
 
 /// Tries each directory of PATH in turn, as execvp does, but reports EACCES (a file found
 /// but not executable) over ENOENT so that the exit code tells the two apart.
-fn search_and_exec(program: &OsStr, args: &[CString]) -> Errno {
+/// Returns the error to report and the file it concerns, if one was found.
+fn search_and_exec(program: &OsStr, args: &[CString]) -> (Errno, Option<CString>) {
     let path = std::env::var_os("PATH")
         .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    let mut seen = Errno::ENOENT;
+    let mut seen = (Errno::ENOENT, None);
     for dir in path.as_bytes().split(|b| *b == b':') {
         let dir = if dir.is_empty() { b".".as_slice() } else { dir };
         let mut candidate = dir.to_vec();
         candidate.push(b'/');
         candidate.extend_from_slice(program.as_bytes());
         let Ok(candidate) = CString::new(candidate) else { continue };
+        let found = || nix::sys::stat::stat(candidate.as_c_str()).is_ok();
         match nix::unistd::execv(&candidate, args).unwrap_err() {
-            Errno::ENOENT | Errno::ENOTDIR => {}
             // EACCES also comes from a PATH directory this user cannot search (root's
             // /root/.cargo/bin after dropping privileges): that is "not found" unless the
             // file itself can be seen.
-            Errno::EACCES if nix::sys::stat::stat(candidate.as_c_str()).is_ok() => {
-                seen = Errno::EACCES
-            }
-            Errno::EACCES => {}
-            other => return other,
+            Errno::ENOENT | Errno::ENOTDIR | Errno::EACCES if !found() => {}
+            Errno::EACCES => seen = (Errno::EACCES, Some(candidate)),
+            Errno::ENOENT if seen.1.is_none() => seen = (Errno::ENOENT, Some(candidate)),
+            Errno::ENOENT | Errno::ENOTDIR => {}
+            other => return (other, Some(candidate)),
         }
     }
     seen
-}
-
-fn drop_privileges(identity: &Identity) -> Result<()> {
-    let groups: Vec<Gid> = identity.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-    nix::unistd::setgroups(&groups).context("setgroups")?;
-    nix::unistd::setgid(Gid::from_raw(identity.gid)).context("setgid")?;
-    nix::unistd::setuid(Uid::from_raw(identity.uid)).context("setuid")?;
-    if identity.uid != 0 {
-        // Belt and braces: a kernel or securebits setting that kept capabilities across
-        // setuid would make the drop a lie.
-        if nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
-            bail!("still able to become root after dropping to uid {}", identity.uid);
-        }
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        for line in status.lines().filter(|l| l.starts_with("CapEff:") || l.starts_with("CapPrm:"))
-        {
-            let hex = line.split_whitespace().nth(1).unwrap_or("0");
-            if u64::from_str_radix(hex, 16).unwrap_or(0) != 0 {
-                bail!("capabilities survived the drop to uid {}: {line}", identity.uid);
-            }
-        }
-    }
-    Ok(())
 }
 
 fn cstring(s: &OsStr) -> Result<CString> {

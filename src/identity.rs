@@ -62,8 +62,8 @@ impl Accounts {
     /// scratch images often have neither, and numeric ids still work there.
     pub fn load(root: &Root) -> Result<Accounts> {
         let read = |path: &str| -> Result<Option<String>> {
-            let bytes = resolve::read_file(root, Path::new(path), ACCOUNT_FILE_CAP)?;
-            Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
+            let read = resolve::read_file(root, Path::new(path), ACCOUNT_FILE_CAP)?;
+            Ok(read.map(|r| String::from_utf8_lossy(&r.bytes).into_owned()))
         };
         let users = read("/etc/passwd")?.map(|t| parse_passwd(&t)).unwrap_or_default();
         let groups = read("/etc/group")?.map(|t| parse_group(&t)).unwrap_or_default();
@@ -258,7 +258,8 @@ fn parse_passwd(text: &str) -> Vec<User> {
                 name: f[0].to_string(),
                 uid: f[2].parse().ok()?,
                 gid: f[3].parse().ok()?,
-                home: f[5].to_string(),
+                // An empty home is `/`, as runtimes and login(1) take it.
+                home: if f[5].is_empty() { "/".to_string() } else { f[5].to_string() },
             })
         })
         .collect()

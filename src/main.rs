@@ -12,6 +12,7 @@ mod exec;
 mod identity;
 mod manifest;
 mod policy;
+mod privs;
 mod report;
 mod resolve;
 mod sys;
@@ -90,7 +91,8 @@ fn check(common: &Common) -> Result<Report> {
 
 fn check_setup(common: &Common, setup: &cli::Setup) -> Result<Report> {
     let method = Method::choose(&setup.identity, !common.no_probe);
-    let mut ctx = check::Context::new(&setup.root, &setup.accounts, &setup.identity, method);
+    let mut ctx =
+        check::Context::new(&setup.root, &setup.accounts, &setup.identity, method, &setup.entries);
     ctx.repeat_flags = setup.repeat_flags.clone();
     let entries = check::check_all(&ctx, &setup.entries)?;
     Ok(Report::new("check", &setup.root.host, &setup.identity, ctx.writability(), entries))

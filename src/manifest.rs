@@ -107,13 +107,22 @@ pub fn load(file: &Path, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result
         anyhow::bail!("manifest {} is not a regular file", file.display());
     }
     let bytes = crate::resolve::read_capped(opened, MANIFEST_CAP, file)?;
+    from_bytes(file, bytes, env)
+}
+
+/// Parses a manifest already read; `file` names it in errors.
+pub fn from_bytes(
+    file: &Path,
+    bytes: Vec<u8>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Manifest> {
     let text = String::from_utf8(bytes)
         .map_err(|_| anyhow::anyhow!("manifest {} is not UTF-8", file.display()))?;
     Ok(parse(file, text, env)?)
 }
 
 /// A manifest lists directories; one over this size is a mistake or an attack.
-const MANIFEST_CAP: u64 = 4 << 20;
+pub const MANIFEST_CAP: u64 = 4 << 20;
 
 /// Parses manifest text; `file` only names it in errors.
 pub fn parse(
@@ -301,7 +310,9 @@ fn expand(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, S
         if name.is_empty() || !valid {
             return Err(format!("{name:?} is not a variable name"));
         }
-        match env(name).or_else(|| default.map(str::to_string)) {
+        // As in the shell, `:-` also takes the default for a variable set but empty.
+        let value = env(name).filter(|v| !(v.is_empty() && default.is_some()));
+        match value.or_else(|| default.map(str::to_string)) {
             Some(value) => out.push_str(&value),
             None => return Err(format!("${{{name}}} is not set and has no default")),
         }
@@ -363,6 +374,9 @@ mod tests {
     fn expands_variables_and_defaults() {
         assert_eq!(expand("${DATA}/x", &env).unwrap(), "/srv/data/x");
         assert_eq!(expand("${NOPE:-/tmp}/x", &env).unwrap(), "/tmp/x");
+        let empty = |_: &str| Some(String::new());
+        assert_eq!(expand("${EMPTY:-/tmp}/x", &empty).unwrap(), "/tmp/x");
+        assert_eq!(expand("/a${EMPTY}/x", &empty).unwrap(), "/a/x");
         assert_eq!(expand("/a/$$b", &env).unwrap(), "/a/$b");
         assert!(expand("${NOPE}/x", &env).unwrap_err().contains("not set"));
         assert!(expand("$DATA", &env).is_err());

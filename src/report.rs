@@ -230,8 +230,8 @@ pub struct Report {
     pub command: &'static str,
     pub root: String,
     pub identity: Identity,
-    /// `probed` or `computed`: how writability was established.
-    pub writability: &'static str,
+    /// `probed` or `computed` (with the reason when a probe failed).
+    pub writability: String,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
     pub entries: Vec<EntryReport>,
@@ -243,7 +243,7 @@ impl Report {
         command: &'static str,
         root: &Path,
         identity: &Identity,
-        writability: &'static str,
+        writability: String,
         entries: Vec<EntryReport>,
     ) -> Report {
         let summary = Summary {

@@ -249,7 +249,7 @@ fn components(path: &OsStr) -> impl DoubleEndedIterator<Item = OsString> + '_ {
 /// path and any symlink on the way resolve inside the root. Anything but a regular file
 /// (a FIFO that would block, a device that never ends) is refused, and so is a file over
 /// `cap` bytes. None when the file does not exist.
-pub fn read_file(root: &Root, path: &Path, cap: u64) -> Result<Option<Vec<u8>>> {
+pub fn read_file(root: &Root, path: &Path, cap: u64) -> Result<Option<FileRead>> {
     let mut path = path.to_path_buf();
     for _ in 0..MAX_LINKS {
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
@@ -276,9 +276,17 @@ pub fn read_file(root: &Root, path: &Path, cap: u64) -> Result<Option<Vec<u8>>> 
         if !sys::same_inode(&st, &fstat(&fd)?) {
             anyhow::bail!("{} changed while being read", path.display());
         }
-        return read_capped(std::fs::File::from(fd), cap, &path).map(Some);
+        let bytes = read_capped(std::fs::File::from(fd), cap, &path)?;
+        return Ok(Some(FileRead { bytes, st, dir_st: dir.st }));
     }
     anyhow::bail!("{}: too many levels of symbolic links", path.display())
+}
+
+/// A file read by [`read_file`], with the stat of it and of its directory.
+pub struct FileRead {
+    pub bytes: Vec<u8>,
+    pub st: FileStat,
+    pub dir_st: FileStat,
 }
 
 /// Reads at most `cap` bytes; more is an error, not a truncation.

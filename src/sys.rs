@@ -133,7 +133,10 @@ pub fn mount_of<'a>(mounts: &'a [Mount], host_path: &Path) -> Option<&'a Mount> 
 /// lstat of `name` in `dir`, and whether it is the root of a mount (bind mounts of files
 /// and of directories of the same filesystem included, which keep the device number).
 /// The mount answer is None where the kernel cannot give it (before Linux 5.8).
-pub fn lstat_at(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> Result<(FileStat, Option<bool>), Errno> {
+pub fn lstat_at(
+    dir: BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+) -> Result<(FileStat, Option<bool>), Errno> {
     // SAFETY: statx writes into the zeroed struct we own; the name is NUL-terminated.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
     let rc = unsafe {

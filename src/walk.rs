@@ -47,6 +47,8 @@ pub struct Outcome {
     pub visited: u64,
     /// Directories below the top that are other mounts: not entered.
     pub mounts: Vec<PathBuf>,
+    /// Directories below the top that are manifest entries of their own: not entered.
+    pub listed: Vec<PathBuf>,
     /// Places that could not be read, with the reason.
     pub errors: Vec<(PathBuf, Errno)>,
     pub stopped: bool,
@@ -60,11 +62,13 @@ struct Frame {
 
 /// Walks everything below `top` (a directory descriptor opened for reading). `path` is the
 /// top's container path; `mount_points` are container paths of mounts, asked only where
-/// the kernel cannot say whether an entry is a mount root.
+/// the kernel cannot say whether an entry is a mount root; directories at `listed` paths
+/// are entries of their own, counted and left to them.
 pub fn walk(
     top: Dir,
     path: &Path,
     mount_points: &[PathBuf],
+    listed: &[PathBuf],
     visit: &mut dyn FnMut(Item<'_>) -> Flow,
 ) -> Outcome {
     let mut out = Outcome::default();
@@ -102,6 +106,10 @@ pub fn walk(
             || mount_root.unwrap_or_else(|| mount_points.contains(&child_path));
         if mount {
             out.mounts.push(child_path);
+            continue;
+        }
+        if sys::is_dir(&st) && listed.contains(&child_path) {
+            out.listed.push(child_path);
             continue;
         }
         if !sys::is_dir(&st) {

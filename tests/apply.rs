@@ -136,33 +136,6 @@ fn run_with_umask(umask: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// A mount in one of our temp dirs, always unmounted on drop (also when a test panics).
-/// Declare it after the `Tree`s it lives in, so that it is dropped before them.
-struct Mounted(PathBuf);
-
-impl Mounted {
-    fn new(args: &[&str], at: &Path) -> Mounted {
-        let out = StdCommand::new("mount").args(args).arg(at).output().unwrap();
-        assert!(out.status.success(), "mount {args:?} {}: {}", at.display(), stderr(&out));
-        Mounted(at.to_path_buf())
-    }
-
-    fn remount_read_only(&self) {
-        let out =
-            StdCommand::new("mount").args(["-o", "remount,ro"]).arg(&self.0).output().unwrap();
-        assert!(out.status.success(), "remount ro {}: {}", self.0.display(), stderr(&out));
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let ok = StdCommand::new("umount").arg(&self.0).status().is_ok_and(|s| s.success());
-        if !ok {
-            let _ = StdCommand::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // The seed story
 

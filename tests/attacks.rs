@@ -54,26 +54,43 @@ fn a_planted_symlink_is_never_laundered_into_a_trusted_one() {
 
 #[test]
 #[cfg_attr(not_root, ignore = "needs root")]
-fn as_root_a_manifest_the_user_could_write_is_not_picked_up_implicitly() {
+fn as_root_a_manifest_the_user_could_write_is_skipped_for_the_images_own() {
     root_only();
     let t = Tree::new();
     let victim = t.dir("victim", 0, 0, 0o700);
     let work = t.dir("work", 10001, 10001, 0o755);
-    let m = t.write(
+    let planted = t.write(
         "work/fs-preflight.toml",
         &format!("[[dir]]\npath = \"{}\"\nowner = 10001\nmode = \"0777\"\n", victim.display()),
     );
-    std::os::unix::fs::chown(&m, Some(10001), Some(10001)).unwrap();
+    std::os::unix::fs::chown(&planted, Some(10001), Some(10001)).unwrap();
+    // The image's own manifest, where the container's /etc is.
+    t.dir("data", 0, 0, 0o1777);
+    t.write("etc/fs-preflight.toml", "[[dir]]\npath = \"/data\"\n");
     let before = stat(&victim);
+    let marker = t.path("data/started");
     let out = cmd()
         .current_dir(&work)
-        .args(["exec", "--apply", "--user", "10001", "--", "true"])
+        .args(["exec", "--apply", "--root", &t.p(""), "--user", "10001", "--"])
+        .args(["touch", marker.to_str().unwrap()])
         .timeout(TIMEOUT)
         .output()
         .unwrap();
-    assert_exit(&out, 2);
-    assert!(stderr(&out).contains("refusing the manifest"), "{}", stderr(&out));
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains("ignoring ./fs-preflight.toml"), "{}", stderr(&out));
     assert_eq!(stat(&victim), before);
+    assert!(marker.exists(), "the program did not start with the image's manifest");
+
+    // A symlink in its place is no better, whoever owns what it points at.
+    std::fs::remove_file(&planted).unwrap();
+    symlink(t.path("etc/fs-preflight.toml"), &planted).unwrap();
+    let out = cmd()
+        .current_dir(&work)
+        .args(["check", "--root", &t.p(""), "--user", "10001"])
+        .timeout(TIMEOUT)
+        .output()
+        .unwrap();
+    assert!(stderr(&out).contains("not a symlink"), "{}", stderr(&out));
 }
 
 #[test]
@@ -247,4 +264,55 @@ fn a_large_manifest_does_not_run_out_of_descriptors() {
         .output()
         .unwrap();
     assert_exit(&out, 0);
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn a_file_bind_mounted_into_the_tree_is_left_alone() {
+    root_only();
+    let t = Tree::new();
+    let key = t.file("host/server.key", 0, 0, 0o600);
+    t.dir("app/certs", 0, 0, 0o755);
+    t.file("app/certs/server.key", 0, 0, 0o600);
+    t.file("app/plain", 0, 0, 0o600);
+    let m = t.write(
+        "m.toml",
+        &format!(
+            "[[dir]]\npath = \"{}\"\nowner = 10001\nrecursive = true\nfile_mode = \"0644\"\n",
+            t.p("app")
+        ),
+    );
+    let before = stat(&key);
+    let _bind = Mounted::new(&["--bind", key.to_str().unwrap()], &t.path("app/certs/server.key"));
+    let out = run_bounded(&["apply", "--format", "json", "--manifest", m.to_str().unwrap()]);
+    assert_exit(&out, 0);
+    assert_eq!(stat(&key), before, "the host's file changed through its bind mount");
+    assert_eq!(stat(&t.path("app/plain")).0, 10001, "the rest of the tree was applied");
+    let notes = json(&out)["entries"][0]["notes"].to_string();
+    assert!(notes.contains("certs/server.key"), "the mount is reported: {notes}");
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn an_entry_below_a_recursive_entry_is_left_to_its_own_values() {
+    root_only();
+    let t = Tree::new();
+    t.dir("data/sub", 0, 0, 0o755);
+    let m = t.write(
+        "m.toml",
+        &format!(
+            "[[dir]]\npath = \"{r}/data\"\nowner = 0\nrecursive = true\ndir_mode = \"0755\"\n\
+             writable = false\n\n[[dir]]\npath = \"{r}/data/sub\"\nowner = 10001\nmode = \"0700\"\n\
+             writable = false\n",
+            r = t.p("")
+        ),
+    );
+    let m = m.to_str().unwrap();
+    assert_exit(&run_bounded(&["apply", "--manifest", m]), 0);
+    let settled = stat(&t.path("data/sub"));
+    assert_eq!((settled.0, settled.2), (10001, 0o700));
+    let out = run_bounded(&["apply", "--format", "json", "--manifest", m]);
+    assert_exit(&out, 0);
+    assert_eq!(json(&out)["summary"]["changed"], 0, "the two entries fight over data/sub");
+    assert_eq!(stat(&t.path("data/sub")), settled);
 }

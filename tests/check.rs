@@ -298,38 +298,13 @@ fn supplementary_groups_come_with_a_name_but_not_with_name_group() {
 // A read-only mount.
 
 /// A mount that is always undone, even when the test panics.
-struct Mounted(PathBuf);
-
-impl Mounted {
-    fn read_only_tmpfs(dir: &Path) -> Mounted {
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "ro,mode=1777", "tmpfs"])
-            .arg(dir)
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "mount -t tmpfs -o ro tmpfs {} failed", dir.display());
-        Mounted(dir.to_path_buf())
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let ok =
-            std::process::Command::new("umount").arg(&self.0).status().is_ok_and(|s| s.success());
-        if !ok {
-            // Never leave a mount behind on a temp dir that is about to be removed.
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
 #[test]
 #[cfg_attr(not_root, ignore = "needs root")]
 fn read_only_mount_fails_and_names_the_mount_point() {
     root_only();
     let t = Tree::new();
     let dir = t.dir("ro", 0, 0, 0o755);
-    let _mounted = Mounted::read_only_tmpfs(&dir); // dropped (unmounted) before `t`
+    let _mounted = Mounted::new(&["-t", "tmpfs", "-o", "ro,mode=1777", "tmpfs"], &dir); // dropped (unmounted) before `t`
     let point = dir.canonicalize().unwrap().to_str().unwrap().to_string();
     let ro = t.p("ro");
     let sub = t.p("ro/cache");

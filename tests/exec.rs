@@ -475,3 +475,46 @@ fn exec_writes_its_json_report_as_one_line_beside_the_program_output() {
     assert_eq!(report["summary"]["failed"], 0);
     assert_eq!(lines[1], "from-the-program");
 }
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn inheritable_capabilities_do_not_survive_the_drop() {
+    root_only();
+    let fx = Fixture::new();
+    let args = fx.args(&["--user", "10001:10001", "--", "grep", "^Cap", "/proc/self/status"]);
+    let mut c = assert_cmd::Command::new("setpriv");
+    c.args(["--inh-caps", "+sys_admin,+dac_read_search", BIN]).args(&args).timeout(TIMEOUT);
+    let out = c.env_remove("NO_COLOR").output().unwrap();
+    assert_exit(&out, 0);
+    for line in stdout(&out).lines().filter(|l| !l.starts_with("CapBnd")) {
+        assert!(line.ends_with("0000000000000000"), "{line}");
+    }
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn started_with_sigchld_ignored_the_probe_still_answers() {
+    root_only();
+    let fx = Fixture::new();
+    let args = fx.args(&["--user", "10001:10001", "--", "true"]);
+    let script = "import os, signal, sys\nsignal.signal(signal.SIGCHLD, signal.SIG_IGN)\n\
+                  os.execv(sys.argv[1], sys.argv[1:])";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, BIN])
+        .args(&args)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+}
+
+#[test]
+fn an_empty_program_is_not_found_and_a_missing_interpreter_cannot_execute() {
+    let fx = Fixture::new();
+    let out = fx.exec(&["--", ""]);
+    assert_exit(&out, 127);
+    let script = fx.t.write("script", "#!/no/such/interpreter\necho hi\n");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = fx.exec(&["--", script.to_str().unwrap()]);
+    assert_exit(&out, 126);
+    assert!(stderr(&out).contains("bad interpreter"), "{}", stderr(&out));
+}

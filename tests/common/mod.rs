@@ -199,3 +199,34 @@ pub fn snapshot(top: &Path) -> Vec<(PathBuf, (u32, u32, u32, i128))> {
         })
         .collect()
 }
+
+/// A mount in one of our temp dirs, always unmounted on drop (also when a test panics).
+/// Declare it after the `Tree`s it lives in, so that it is dropped before them.
+pub struct Mounted(pub PathBuf);
+
+impl Mounted {
+    pub fn new(args: &[&str], at: &Path) -> Mounted {
+        let out = std::process::Command::new("mount").args(args).arg(at).output().unwrap();
+        assert!(out.status.success(), "mount {args:?} {}: {}", at.display(), stderr(&out));
+        Mounted(at.to_path_buf())
+    }
+
+    pub fn remount_read_only(&self) {
+        let out = std::process::Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "remount ro {}: {}", self.0.display(), stderr(&out));
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let ok =
+            std::process::Command::new("umount").arg(&self.0).status().is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
