@@ -221,6 +221,8 @@ const ACL_MASK: u16 = 0x10;
 
 impl Acl {
     /// Reads the access ACL of an open file, if it has one beyond its mode bits.
+    /// Known gap: it is read through /proc; without /proc mounted, ACLs are not seen and
+    /// computed writability follows the mode bits alone (a probe is not affected).
     pub fn read(fd: BorrowedFd<'_>) -> Option<Acl> {
         // getxattr through the descriptor's /proc link reaches exactly the opened inode,
         // and works for O_PATH descriptors, which fgetxattr refuses.

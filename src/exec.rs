@@ -47,6 +47,10 @@ pub fn exec(identity: &Identity, argv: &[OsString]) -> Result<ExitCode> {
     // SAFETY: the tool is single-threaded; nothing reads the environment concurrently.
     unsafe { std::env::set_var("HOME", &identity.home) };
     crate::sys::restore_fd_limit();
+    // Known gap: CMD keeps the caller's controlling terminal, so where the kernel still
+    // allows TIOCSTI a program run as the user could push input to a root shell that
+    // started it interactively (gosu and su-exec share this). setsid() would close that,
+    // but would also take job control from an interactive `docker run -it`.
     // The Rust runtime ignores SIGPIPE for itself; the program gets the default back.
     // Known gap: a parent that started us with SIGPIPE ignored on purpose gets it reset to
     // the default in CMD, because std changes the disposition before main and stable Rust

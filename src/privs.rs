@@ -13,6 +13,9 @@ use nix::unistd::{Gid, Uid};
 
 use crate::identity::Identity;
 
+/// Known gap: the bounding set is left as the runtime set it, as gosu and su-exec leave
+/// it; a setuid-root or file-capability program inside the image can still raise what the
+/// bounding set allows. Runtimes restrict the bounding set; no_new_privs is theirs to set.
 pub fn become_identity(identity: &Identity) -> Result<()> {
     if identity.uid != 0 {
         clear_inheritable_and_ambient()?;

@@ -108,6 +108,8 @@ pub fn walk(
             out.mounts.push(child_path);
             continue;
         }
+        // Known gap: entries are matched by path, so an entry written through a symlink
+        // to a place below another entry's resolved path is not recognised here.
         if sys::is_dir(&st) && listed.contains(&child_path) {
             out.listed.push(child_path);
             continue;
