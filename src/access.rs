@@ -86,10 +86,14 @@ fn probe_one(dir: BorrowedFd<'_>) -> Probed {
     match openat(dir, name.as_str(), flags, Mode::from_bits_truncate(0o600)) {
         Err(e) => Probed::Refused(e),
         Ok(file) => {
+            // One byte, not just a name: a filesystem out of data blocks (or over quota)
+            // still takes an empty file, but not what the application will write.
+            let wrote = nix::unistd::write(&file, b"x").map(drop);
             drop(file);
-            match unlinkat(dir, name.as_str(), UnlinkatFlags::NoRemoveDir) {
-                Ok(()) => Probed::Written,
-                Err(e) => Probed::LeftBehind(e),
+            match (unlinkat(dir, name.as_str(), UnlinkatFlags::NoRemoveDir), wrote) {
+                (Ok(()), Ok(())) => Probed::Written,
+                (Ok(()), Err(e)) => Probed::Refused(e),
+                (Err(e), _) => Probed::LeftBehind(e),
             }
         }
     }

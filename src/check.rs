@@ -618,19 +618,16 @@ fn fixes(
         gid: d.st.st_gid,
         mode: d.st.st_mode & 0o7777,
     });
+    let mut target = policy::target(entry, ctx.identity, current).meta;
     // Inside a user namespace the overflow ids are not real owners: never suggest them.
-    let current = current.map(|mut m| {
-        if let Some((ou, og)) = ctx.overflow {
-            if m.uid == ou {
-                m.uid = ctx.identity.uid;
-            }
-            if m.gid == og {
-                m.gid = ctx.identity.gid;
-            }
+    if let Some((ou, og)) = ctx.overflow {
+        if target.uid == ou {
+            target.uid = ctx.identity.uid;
         }
-        m
-    });
-    let target = policy::target(entry, ctx.identity, current).meta;
+        if target.gid == og {
+            target.gid = ctx.identity.gid;
+        }
+    }
     let install =
         format!("install -d -o {} -g {} -m {} {path}", target.uid, target.gid, octal(target.mode));
     let mut run = Vec::new();

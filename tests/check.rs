@@ -740,3 +740,31 @@ fn writable_fails_when_an_ancestor_blocks_the_way() {
         assert!(fixes.contains("chmod o+x") && !fixes.contains("fs-preflight apply"), "{fixes}");
     }
 }
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn a_full_filesystem_fails_writable_even_though_empty_files_still_fit() {
+    root_only();
+    let t = Tree::new();
+    let dir = t.dir("full", 0, 0, 0o755);
+    let _full = Mounted::new(&["-t", "tmpfs", "-o", "size=64k,mode=1777", "tmpfs"], &dir);
+    // Fill the data blocks; inodes are left, so an empty file can still be created.
+    let mut filler = std::fs::File::create(dir.join("filler")).unwrap();
+    let chunk = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut filler, &chunk).is_ok() {}
+    drop(filler);
+    let m = t.write("m.toml", &format!("[[dir]]\npath = \"{}\"\n", dir.display()));
+    let out = run(&[
+        "check",
+        "--format",
+        "json",
+        "--user",
+        "10001:10001",
+        "--manifest",
+        m.to_str().unwrap(),
+    ]);
+    assert_exit(&out, 1);
+    let writable = check(&json(&out), dir.to_str().unwrap(), "writable").clone();
+    assert_eq!(writable["status"], "fail", "{writable:#}");
+    assert!(writable["message"].as_str().unwrap().contains("No space left"), "{writable:#}");
+}
