@@ -197,7 +197,15 @@ impl Worker<'_, '_> {
             _ => {}
         }
         let wanted = Wanted::of(entry);
-        let mut ids = vec![(target.meta.uid, true), (target.meta.gid, false)];
+        // Only ids that are to be set: an unchanged owner may be the overflow id of a
+        // user namespace, which is fine to leave as it is.
+        let mut ids = Vec::new();
+        if current.is_none_or(|c| c.uid != target.meta.uid) {
+            ids.push((target.meta.uid, true));
+        }
+        if current.is_none_or(|c| c.gid != target.meta.gid) {
+            ids.push((target.meta.gid, false));
+        }
         if entry.recursive {
             ids.extend(wanted.owner.map(|u| (u, true)));
             ids.extend(wanted.group.map(|g| (g, false)));
