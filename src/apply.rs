@@ -25,7 +25,7 @@ use crate::check::{self, Context, Wanted};
 use crate::cli::Setup;
 use crate::manifest::{self, Entry};
 use crate::policy::{self, Meta};
-use crate::report::{Action, Change, Check, CheckKind, Report, Status, plural, show};
+use crate::report::{self, Action, Change, Check, CheckKind, Report, Status, plural, show};
 use crate::resolve::{self, Links, Resolution, State};
 use crate::sys::{self, IdMap};
 use crate::walk::{self, Flow, Item};
@@ -82,6 +82,20 @@ pub fn run(setup: &Setup, opts: Options) -> Result<Report> {
         .map(|e| resolve::resolve(&setup.root, Path::new(&e.path), Links::TrustedOnly))
         .collect::<Result<Vec<_>>>()?;
     for (entry, res) in setup.entries.iter().zip(&plans) {
+        let resolved = res.resolved_path().to_string_lossy().into_owned();
+        if entry.recursive && res.entry.is_none() {
+            // Not there yet: where symlinks would lead it decides.
+            if let Some(tree) =
+                manifest::PSEUDO_TREES.iter().find(|t| manifest::is_within(&resolved, t))
+            {
+                bail!(
+                    "{} (resolved: {}) is under {tree}, a kernel filesystem: refused for \
+                     recursive work",
+                    show(Path::new(&entry.path)),
+                    report::escape(resolved.as_bytes())
+                );
+            }
+        }
         if let (true, Some(dir)) = (entry.recursive, &res.entry) {
             // By statfs type, by where a symlink led, and by the mount's type (devtmpfs
             // says it is tmpfs to statfs).

@@ -231,6 +231,13 @@ fn check_entry(ctx: &Context<'_>, entry: &Entry, res: &Resolution, probe: Probe)
     }
 
     let mut report = EntryReport::new(entry.path.clone(), checks);
+    if let Some(Probed::LeftBehind(e)) = probe {
+        report.notes.push(format!(
+            "the write probe could not remove its file ({}): a .fs-preflight-probe.* file is \
+             left here (an append-only directory?)",
+            e.desc()
+        ));
+    }
     report.found = st.map(|st| {
         format!(
             "{}:{} {:04o}",
@@ -647,23 +654,17 @@ fn fixes(
         (State::Symlink { .. } | State::NotDirectory { .. }, _) => {
             run.push(format!("rm {path} && {install}"))
         }
+        // What is below a recursive entry needs apply's care (symlinks, device nodes,
+        // hard links, mounts and nested entries left alone); chown -R would take none.
+        (State::Directory, Some(_)) if failed(CheckKind::Contents) => {
+            run.push(format!("fs-preflight apply{}", ctx.repeat_flags));
+        }
         (State::Directory, Some(now)) => {
-            let below = failed(CheckKind::Contents);
-            let ids_below = below && (entry.owner.is_some() || entry.group.is_some());
-            if (now.uid, now.gid) != (target.uid, target.gid) || ids_below {
-                let chown = if ids_below { "chown -R" } else { "chown" };
-                run.push(format!("{chown} {}:{} {path}", target.uid, target.gid));
+            if (now.uid, now.gid) != (target.uid, target.gid) {
+                run.push(format!("chown {}:{} {path}", target.uid, target.gid));
             }
             if now.mode != target.mode {
                 run.push(format!("chmod {} {path}", octal(target.mode)));
-            }
-            for (kind, mode) in [("d", entry.dir_mode), ("f", entry.file_mode)] {
-                if let (true, Some(m)) = (below, mode) {
-                    run.push(format!(
-                        "find {path} -mindepth 1 -type {kind} -exec chmod {} {{}} +",
-                        octal(m)
-                    ));
-                }
             }
         }
         _ => {}

@@ -70,7 +70,7 @@ struct RawEntry {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawManifest {
-    user: Option<Spanned<String>>,
+    user: Option<Spanned<toml::Value>>,
     #[serde(default)]
     dir: Vec<Spanned<RawDir>>,
 }
@@ -178,7 +178,26 @@ pub fn parse(
         }
         entries.push(RawEntry { path, dir: d, span });
     }
-    Ok(Manifest { file: file.to_path_buf(), text, user: raw.user, entries })
+    // `user = 10001` reads as well as `user = "10001"`, like owner and group.
+    let user = match raw.user {
+        None => None,
+        Some(v) => {
+            let span = v.span();
+            let spec = match v.into_inner() {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(n) => n.to_string(),
+                other => {
+                    let found = other.type_str();
+                    return Err(at(
+                        span,
+                        format!("user: expected a name, uid or uid:gid string, found {found}"),
+                    ));
+                }
+            };
+            Some(Spanned::new(span, spec))
+        }
+    };
+    Ok(Manifest { file: file.to_path_buf(), text, user, entries })
 }
 
 impl Manifest {

@@ -441,7 +441,7 @@ fn manifest_errors() -> Vec<(&'static str, String, (usize, usize), &'static str)
         ("path as an integer", bad("[[dir]]\npath = 5\n"), (6, 6), ""),
         ("owner as a boolean", bad("[[dir]]\npath = \"/bad\"\nowner = true\n"), (7, 7), ""),
         ("dir as a string", "user = \"10001:10001\"\ndir = \"/bad\"\n".to_string(), (2, 2), ""),
-        ("user as an integer", format!("user = 10001\n{OK_ENTRY}"), (1, 1), ""),
+        ("user as a boolean", format!("user = true\n{OK_ENTRY}"), (1, 1), "user"),
         ("relative path", bad("[[dir]]\npath = \"bad/rel\"\n"), (6, 6), "absolute"),
         ("empty path", bad("[[dir]]\npath = \"\"\n"), (6, 6), ""),
         ("`..` component", bad("[[dir]]\npath = \"/bad/../escaped\"\n"), (6, 6), ".."),
@@ -767,4 +767,15 @@ fn a_full_filesystem_fails_writable_even_though_empty_files_still_fit() {
     let writable = check(&json(&out), dir.to_str().unwrap(), "writable").clone();
     assert_eq!(writable["status"], "fail", "{writable:#}");
     assert!(writable["message"].as_str().unwrap().contains("No space left"), "{writable:#}");
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn a_numeric_user_may_be_written_as_a_toml_integer() {
+    root_only();
+    let (t, m) = container("user = 10001\n\n[[dir]]\npath = \"/data\"\nwritable = false\n");
+    t.dir("data", 0, 0, 0o755);
+    let out = check_json(&t, &m, &[]);
+    assert_exit(&out, 0);
+    assert_eq!(json(&out)["identity"]["uid"], 10001);
 }
