@@ -41,15 +41,19 @@ pub struct Options {
 /// What happened to one entry.
 #[derive(Debug, Default)]
 struct Outcome {
-    /// Known gap: every change is kept for the report, about 400 bytes each, so a first
-    /// apply over ten million wrong files holds some 4 GB. Streaming the changes (and
-    /// counting them in the report) would bound it.
+    /// The first changes, for the report; the rest are counted in `not_listed`, so that
+    /// memory does not grow with the size of the tree.
     changes: Vec<Change>,
+    not_listed: usize,
     /// Why something the manifest asks was not done; each makes the entry fail.
     refusals: Vec<String>,
     /// Choices made where the manifest was silent.
     notes: Vec<String>,
 }
+
+/// How many changes an entry's report lists; more are counted (with --verbose, each is
+/// still logged as it happens).
+const LISTED_CHANGES: usize = 1000;
 
 /// Process-wide facts that decide what may be attempted.
 struct Powers {
@@ -117,11 +121,13 @@ pub fn run(setup: &Setup, opts: Options) -> Result<Report> {
     // One directory under two names would be set to each entry's values in turn, forever.
     let mut same: Vec<Option<usize>> = vec![None; plans.len()];
     for (i, res) in plans.iter().enumerate() {
-        if let Some(dir) = &res.entry {
-            same[i] = plans[..i].iter().position(|other| {
-                other.entry.as_ref().is_some_and(|o| sys::same_inode(&o.st, &dir.st))
-            });
-        }
+        let missing = |r: &Resolution| matches!(r.state, State::Missing { .. });
+        same[i] = plans[..i].iter().position(|other| match (&other.entry, &res.entry) {
+            (Some(o), Some(d)) => sys::same_inode(&o.st, &d.st),
+            // Neither there yet: where the symlinks lead decides.
+            _ if missing(other) && missing(res) => other.resolved_path() == res.resolved_path(),
+            _ => false,
+        });
     }
 
     // Parents before children, so that a listed parent is created with its own values.
@@ -163,6 +169,7 @@ pub fn run(setup: &Setup, opts: Options) -> Result<Report> {
         }
         report.notes.extend(outcome.notes);
         report.changes = Some(outcome.changes);
+        report.changes_not_listed = outcome.not_listed;
     }
     let mut report =
         Report::new("apply", &setup.root.host, &setup.identity, ctx.writability(), entries);
@@ -293,9 +300,17 @@ impl Worker<'_, '_> {
     }
 
     fn record(&mut self, action: Action, path: &Path, before: Option<String>, after: String) {
-        let change = Change { action, path: show(path), before, after };
-        self.log(&change);
-        self.out.changes.push(change);
+        let listed = self.out.changes.len() < LISTED_CHANGES;
+        if !listed {
+            self.out.not_listed += 1;
+        }
+        if listed || self.opts.log {
+            let change = Change { action, path: show(path), before, after };
+            self.log(&change);
+            if listed {
+                self.out.changes.push(change);
+            }
+        }
     }
 
     /// Creates the missing components below `parent`; intermediate ones get root:root 0755
@@ -514,21 +529,9 @@ impl Worker<'_, '_> {
                 first.join(", ")
             ));
         }
-        if !outcome.mounts.is_empty() {
-            let list: Vec<String> = outcome.mounts.iter().map(|m| show(m)).collect();
-            self.out.notes.push(format!("other mounts below, not entered: {}", list.join(", ")));
-        }
-        if !outcome.listed.is_empty() {
-            let list: Vec<String> = outcome.listed.iter().map(|m| show(m)).collect();
-            self.out.notes.push(format!("left to their own entries: {}", list.join(", ")));
-        }
-        if let Some((p, e)) = outcome.errors.first() {
-            self.refuse(format!(
-                "{} unreadable (first: {}: {})",
-                plural(outcome.errors.len(), "entry", "entries"),
-                show(p),
-                e.desc()
-            ));
+        self.out.notes.extend(outcome.left_out());
+        if let Some(why) = outcome.unreadable() {
+            self.refuse(why);
         }
     }
 

@@ -230,7 +230,7 @@ fn check_entry(ctx: &Context<'_>, entry: &Entry, res: &Resolution, probe: Probe)
         checks.push(contents(ctx, entry, res));
     }
 
-    let mut report = EntryReport::new(entry.path.clone(), checks);
+    let mut report = EntryReport::new(show(Path::new(&entry.path)), checks);
     if let Some(Probed::LeftBehind(e)) = probe {
         report.notes.push(format!(
             "the write probe could not remove its file ({}): a .fs-preflight-probe.* file is \
@@ -548,22 +548,8 @@ fn contents(ctx: &Context<'_>, entry: &Entry, res: &Resolution) -> Check {
             plural(unmanaged as usize, "symlink or device node", "symlinks and device nodes")
         ));
     }
-    if !outcome.mounts.is_empty() {
-        let list: Vec<String> = outcome.mounts.iter().map(|m| show(m)).collect();
-        message.push_str(&format!("; other mounts not entered: {}", list.join(", ")));
-    }
-    if !outcome.listed.is_empty() {
-        let list: Vec<String> = outcome.listed.iter().map(|m| show(m)).collect();
-        message.push_str(&format!("; left to their own entries: {}", list.join(", ")));
-    }
-    if !outcome.errors.is_empty() {
-        let (p, e) = &outcome.errors[0];
-        message.push_str(&format!(
-            "; {} unreadable (first: {}: {})",
-            plural(outcome.errors.len(), "entry", "entries"),
-            show(p),
-            e.desc()
-        ));
+    for part in outcome.left_out().into_iter().chain(outcome.unreadable()) {
+        message.push_str(&format!("; {part}"));
     }
     let status = if wrong == 0 && outcome.errors.is_empty() { Status::Pass } else { Status::Fail };
     let mut check = c(status, message).values(Some(Value::Count(0)), Some(Value::Count(wrong)));

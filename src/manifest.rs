@@ -138,7 +138,7 @@ pub fn parse(
         Ok(raw) => raw,
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
-            return Err(at(span, e.message().trim().to_string()));
+            return Err(at(span, escape(e.message().trim().as_bytes())));
         }
     };
     if raw.dir.is_empty() {
@@ -256,8 +256,36 @@ impl Manifest {
             }
             out.push(entry);
         }
+        for (b, raw) in out.iter().zip(&self.entries) {
+            if let Some(a) = out.iter().find(|a| unprotectable_inside(a, b)) {
+                return Err(self.error_at(
+                    raw.dir.path.span(),
+                    format!(
+                        "{} is inside {}, a recursive entry that uid {} can write: it could \
+                         rename {} away, and apply would then hand its contents over with the \
+                         rest; list it outside that tree, or give it the same owner and group",
+                        escape(b.path.as_bytes()),
+                        escape(a.path.as_bytes()),
+                        a.owner.filter(|o| *o != 0).unwrap_or(identity.uid),
+                        escape(b.path.as_bytes())
+                    ),
+                ));
+            }
+        }
         Ok(out)
     }
+}
+
+/// Whether `b` lies inside recursive entry `a`, which someone other than root can write,
+/// and asks for an owner, group or mode that `a`'s walk would overwrite. Whoever can write
+/// in `a` can rename `b` to another name; the walk would then re-own what `b` protected.
+fn unprotectable_inside(a: &Entry, b: &Entry) -> bool {
+    let inside = a.recursive && a.path != b.path && is_within(&b.path, &a.path);
+    let others_write = a.writable || a.owner.is_some_and(|o| o != 0);
+    let differs = |x: Option<u32>, y: Option<u32>| x.is_some() && y.is_some() && x != y;
+    let conflict =
+        differs(a.owner, b.owner) || differs(a.group, b.group) || differs(a.dir_mode, b.mode);
+    inside && others_write && conflict
 }
 
 /// Reads an owner or group value: a name looked up by `lookup`, or a number.

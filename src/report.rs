@@ -173,6 +173,7 @@ impl Action {
 
 #[derive(Debug, Serialize)]
 pub struct EntryReport {
+    /// The manifest's path, escaped like every path in the report.
     pub path: String,
     pub status: Status,
     /// The path with symlinked ancestors resolved, when it differs.
@@ -188,6 +189,9 @@ pub struct EntryReport {
     pub fixes: Vec<Fix>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub changes: Option<Vec<Change>>,
+    /// Changes made beyond those listed in `changes`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub changes_not_listed: usize,
 }
 
 impl EntryReport {
@@ -206,6 +210,7 @@ impl EntryReport {
             notes: Vec::new(),
             fixes: Vec::new(),
             changes: None,
+            changes_not_listed: 0,
         }
     }
 
@@ -257,7 +262,7 @@ impl Report {
                 .count(),
             changed: entries
                 .iter()
-                .map(|e| e.changes.as_ref().map(Vec::len))
+                .map(|e| e.changes.as_ref().map(|c| c.len() + e.changes_not_listed))
                 .sum::<Option<usize>>(),
         };
         Report {
@@ -321,6 +326,9 @@ impl Report {
     }
 }
 
+/// Changes shown per entry in the text report; JSON lists more.
+const TEXT_CHANGES: usize = 20;
+
 fn write_entry(out: &mut impl Write, entry: &EntryReport, dry_run: bool) -> io::Result<()> {
     let verdict = match entry.status {
         Status::Fail => "FAIL".red().bold(),
@@ -328,14 +336,23 @@ fn write_entry(out: &mut impl Write, entry: &EntryReport, dry_run: bool) -> io::
     };
     let via = entry.resolved.as_ref().map(|r| format!(" (resolved: {r})")).unwrap_or_default();
     let found = entry.found.as_ref().map(|f| format!("  {}", f.dimmed())).unwrap_or_default();
-    writeln!(out, "{verdict}  {}{via}{found}", escape(entry.path.as_bytes()))?;
-    for change in entry.changes.iter().flatten() {
+    writeln!(out, "{verdict}  {}{via}{found}", entry.path)?;
+    let changes = entry.changes.as_deref().unwrap_or_default();
+    for change in changes.iter().take(TEXT_CHANGES) {
         let before = change.before.as_ref().map(|b| format!("{b} -> ")).unwrap_or_default();
         let action = match dry_run {
             true => format!("would {}", change.action.name()),
             false => change.action.name().to_string(),
         };
         writeln!(out, "      {} {}: {before}{}", action.cyan(), change.path, change.after)?;
+    }
+    let more = changes.len().saturating_sub(TEXT_CHANGES) + entry.changes_not_listed;
+    if more > 0 {
+        writeln!(
+            out,
+            "      ... and {} (--format json lists more)",
+            plural(more, "more change", "more changes")
+        )?;
     }
     for check in entry.checks.iter().filter(|c| c.status == Status::Fail) {
         writeln!(out, "      {}: {}", check.check.name().bold(), check.message)?;
@@ -377,6 +394,10 @@ pub fn escape(bytes: &[u8]) -> String {
     out
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 /// `1 entry`, `2 entries`.
 pub fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
@@ -399,14 +420,32 @@ fn invisible(c: char) -> bool {
         | '\u{feff}' | '\u{061c}' | '\u{180e}')
 }
 
-/// [`escape`] for a path.
+/// [`escape`] for a path. A path longer than any system call takes (a hostile tree can nest
+/// thousands of long names) is shown by its two ends, so a report stays readable and its
+/// size does not grow with the square of the depth.
 pub fn show(path: &Path) -> String {
-    escape(path.as_os_str().as_encoded_bytes())
+    const END: usize = 1024;
+    let bytes = path.as_os_str().as_encoded_bytes();
+    if bytes.len() <= 4 * END {
+        return escape(bytes);
+    }
+    let cut = bytes.len() - 2 * END;
+    let (head, tail) = (&bytes[..END], &bytes[bytes.len() - END..]);
+    format!("{}...({cut} bytes)...{}", escape(head), escape(tail))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn very_long_paths_are_shown_by_their_ends() {
+        let long = format!("/{}", "a/".repeat(5000));
+        let shown = show(Path::new(&long));
+        assert!(shown.len() < 2100 + 40, "{}", shown.len());
+        assert!(shown.contains("bytes)...") && shown.starts_with("/a/a/"));
+        assert_eq!(show(Path::new("/short")), "/short");
+    }
 
     #[test]
     fn words_are_quoted_for_the_shell() {

@@ -41,11 +41,18 @@ pub struct Root {
 
 impl Root {
     pub fn open(host: &Path) -> Result<Root> {
-        let host = host
-            .canonicalize()
-            .with_context(|| format!("cannot use {} as the root", host.display()))?;
-        let fd = open(&host, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-            .with_context(|| format!("cannot open {} as the root", host.display()))?;
+        let shown = crate::report::show(host);
+        let given = std::path::absolute(host)?;
+        let host =
+            host.canonicalize().with_context(|| format!("cannot use {shown} as the root"))?;
+        if nix::unistd::geteuid().is_root() {
+            // Both the way as written (its symlinks) and where it leads.
+            refuse_unsafe_route(&given)?;
+            refuse_unsafe_route(&host)?;
+        }
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = open(&host, flags, Mode::empty())
+            .with_context(|| format!("cannot open {shown} as the root"))?;
         Ok(Root { host, fd })
     }
 
@@ -53,6 +60,32 @@ impl Root {
     pub fn host_path(&self, path: &Path) -> PathBuf {
         self.host.join(path.strip_prefix("/").unwrap_or(path))
     }
+}
+
+/// Root reaches the tree by its host path once, when it opens it. Every directory above it
+/// must be root's alone (or sticky), or its owner could swap a component for a symlink,
+/// before or while it is opened, and point the whole run at another tree.
+fn refuse_unsafe_route(host: &Path) -> Result<()> {
+    for (i, step) in host.ancestors().enumerate() {
+        let st = nix::sys::stat::lstat(step)
+            .with_context(|| format!("cannot stat {}", crate::report::show(step)))?;
+        // A symlink's own mode means nothing; its owner and its directory's do.
+        let others_write =
+            !sys::is_symlink(&st) && st.st_mode & 0o022 != 0 && st.st_mode & libc::S_ISVTX == 0;
+        // The root itself may be anyone's directory, but not anyone's symlink.
+        let judged = i > 0 || sys::is_symlink(&st);
+        if judged && (st.st_uid != 0 || others_write) {
+            anyhow::bail!(
+                "refusing --root {}: {} on its way belongs to uid {} (mode {:04o}), who could \
+                 swap it for a symlink and point this root run at another tree",
+                crate::report::show(host),
+                crate::report::show(step),
+                st.st_uid,
+                st.st_mode & 0o7777
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A directory reached on the way, held open.
@@ -159,7 +192,11 @@ pub fn resolve(root: &Root, path: &Path, links: Links) -> Result<Resolution> {
             Err(e) => return Ok(blocked(res, here, e.desc())),
         };
         if sys::is_symlink(&st) {
-            let target = PathBuf::from(readlinkat(top.fd(), name.as_os_str()).context("readlink")?);
+            // Replaced since the lstat (a race someone else runs): a verdict, not an error.
+            let target = match readlinkat(top.fd(), name.as_os_str()) {
+                Ok(target) => PathBuf::from(target),
+                Err(_) => return Ok(blocked(res, here, "changed while it was being inspected")),
+            };
             if last {
                 res.state = State::Symlink { target };
                 return Ok(res);
@@ -253,14 +290,17 @@ pub fn read_file(root: &Root, path: &Path, cap: u64) -> Result<Option<FileRead>>
     let mut path = path.to_path_buf();
     for _ in 0..MAX_LINKS {
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-            anyhow::bail!("{} is not a file", path.display());
+            anyhow::bail!("{} is not a file", crate::report::show(&path));
         };
         let res = resolve(root, parent, Links::Follow)?;
         let Some(dir) = res.entry else { return Ok(None) };
         let st = match fstatat(dir.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::ENOENT) => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot stat {}", crate::report::show(&path)));
+            }
         };
         if sys::is_symlink(&st) {
             let target = PathBuf::from(readlinkat(dir.fd(), name).context("readlink")?);
@@ -268,18 +308,22 @@ pub fn read_file(root: &Root, path: &Path, cap: u64) -> Result<Option<FileRead>>
             continue;
         }
         if !sys::is_regular(&st) {
-            anyhow::bail!("{} is a {}, not a regular file", path.display(), sys::kind_name(&st));
+            anyhow::bail!(
+                "{} is a {}, not a regular file",
+                crate::report::show(&path),
+                sys::kind_name(&st)
+            );
         }
         let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
         let fd = openat(dir.fd(), name, flags, Mode::empty())
-            .with_context(|| format!("cannot open {}", path.display()))?;
+            .with_context(|| format!("cannot open {}", crate::report::show(&path)))?;
         if !sys::same_inode(&st, &fstat(&fd)?) {
-            anyhow::bail!("{} changed while being read", path.display());
+            anyhow::bail!("{} changed while being read", crate::report::show(&path));
         }
         let bytes = read_capped(std::fs::File::from(fd), cap, &path)?;
         return Ok(Some(FileRead { bytes, st, dir_st: dir.st }));
     }
-    anyhow::bail!("{}: too many levels of symbolic links", path.display())
+    anyhow::bail!("{}: too many levels of symbolic links", crate::report::show(&path))
 }
 
 /// A file read by [`read_file`], with the stat of it and of its directory.
@@ -295,9 +339,9 @@ pub fn read_capped(file: std::fs::File, cap: u64, path: &Path) -> Result<Vec<u8>
     let mut bytes = Vec::new();
     file.take(cap + 1)
         .read_to_end(&mut bytes)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+        .with_context(|| format!("cannot read {}", crate::report::show(path)))?;
     if bytes.len() as u64 > cap {
-        anyhow::bail!("{} is larger than {} MiB", path.display(), cap >> 20);
+        anyhow::bail!("{} is larger than {} MiB", crate::report::show(path), cap >> 20);
     }
     Ok(bytes)
 }

@@ -11,7 +11,7 @@
 //! Memory is one directory listing per level of depth, and one descriptor per level.
 
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -20,6 +20,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::{FileStat, Mode, fstat};
 
+use crate::report::{plural, show};
 use crate::sys;
 
 /// One entry below the top, as the visitor sees it.
@@ -45,19 +46,83 @@ pub enum Flow {
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub visited: u64,
-    /// Directories below the top that are other mounts: not entered.
-    pub mounts: Vec<PathBuf>,
+    /// Other mounts below the top (directories or single files): not entered.
+    pub mounts: Few<PathBuf>,
     /// Directories below the top that are manifest entries of their own: not entered.
-    pub listed: Vec<PathBuf>,
+    pub listed: Few<PathBuf>,
     /// Places that could not be read, with the reason.
-    pub errors: Vec<(PathBuf, Errno)>,
+    pub errors: Few<(PathBuf, Errno)>,
     pub stopped: bool,
 }
 
+/// The first few of something, and how many there were: a hostile tree can hold
+/// millions of what a report lists, and memory must not grow with them.
+#[derive(Debug)]
+pub struct Few<T> {
+    pub first: Vec<T>,
+    pub total: usize,
+}
+
+impl<T> Default for Few<T> {
+    fn default() -> Self {
+        Few { first: Vec::new(), total: 0 }
+    }
+}
+
+impl<T> Few<T> {
+    const KEPT: usize = 20;
+
+    fn push(&mut self, item: T) {
+        self.total += 1;
+        if self.first.len() < Self::KEPT {
+            self.first.push(item);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+}
+
+impl Few<PathBuf> {
+    /// `a, b and 3 more`.
+    fn list(&self) -> String {
+        let shown: Vec<String> = self.first.iter().map(|p| show(p)).collect();
+        match self.total - self.first.len() {
+            0 => shown.join(", "),
+            more => format!("{} and {more} more", shown.join(", ")),
+        }
+    }
+}
+
+impl Outcome {
+    /// What the walk left out on purpose, in words, for a report.
+    pub fn left_out(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.mounts.is_empty() {
+            out.push(format!("other mounts not entered: {}", self.mounts.list()));
+        }
+        if !self.listed.is_empty() {
+            out.push(format!("left to their own entries: {}", self.listed.list()));
+        }
+        out
+    }
+
+    /// What it could not read, in words, if anything.
+    pub fn unreadable(&self) -> Option<String> {
+        let (p, e) = self.errors.first.first()?;
+        let what = plural(self.errors.total, "entry", "entries");
+        Some(format!("{what} unreadable (first: {}: {})", show(p), e.desc()))
+    }
+}
+
+/// One directory being read. Only its remaining names are kept: the path is built as the
+/// walk goes, so memory grows with the depth, not with depth times path length.
 struct Frame {
-    dir: Dir,
+    /// The directory, for *at calls; its listing stream is closed once read, since a
+    /// stream holds a 32 KiB buffer and a deep tree holds one frame per level.
+    fd: OwnedFd,
     names: Vec<CString>,
-    path: PathBuf,
 }
 
 /// Walks everything below `top` (a directory descriptor opened for reading). `path` is the
@@ -80,17 +145,22 @@ pub fn walk(
         }
     };
     let mut stack = Vec::new();
-    match listing(top, path.to_path_buf()) {
+    match listing(top) {
         Ok(frame) => stack.push(frame),
         Err(e) => out.errors.push((path.to_path_buf(), e)),
     }
+    // The path of the directory on top of the stack.
+    let mut here = path.to_path_buf();
     while let Some(frame) = stack.last_mut() {
         let Some(name) = frame.names.pop() else {
             stack.pop();
+            if !stack.is_empty() {
+                here.pop();
+            }
             continue;
         };
-        let child_path = frame.path.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
-        let parent = frame.dir.as_fd();
+        let child_path = here.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+        let parent = frame.fd.as_fd();
         let (st, mount_root) = match sys::lstat_at(parent, name.as_c_str()) {
             Ok(found) => found,
             Err(Errno::ENOENT) => continue,
@@ -149,8 +219,11 @@ pub fn walk(
                 return out;
             }
         }
-        match listing(child, child_path.clone()) {
-            Ok(frame) => stack.push(frame),
+        match listing(child) {
+            Ok(frame) => {
+                stack.push(frame);
+                here = child_path;
+            }
             Err(e) => out.errors.push((child_path, e)),
         }
     }
@@ -158,7 +231,8 @@ pub fn walk(
 }
 
 /// Reads a directory's names (without `.` and `..`), last name first.
-fn listing(mut dir: Dir, path: PathBuf) -> Result<Frame, Errno> {
+fn listing(mut dir: Dir) -> Result<Frame, Errno> {
+    let fd = nix::unistd::dup(dir.as_fd())?;
     let mut names = Vec::new();
     for entry in dir.iter() {
         let entry = entry?;
@@ -168,5 +242,5 @@ fn listing(mut dir: Dir, path: PathBuf) -> Result<Frame, Errno> {
         }
     }
     names.sort_unstable_by(|a, b| b.cmp(a));
-    Ok(Frame { dir, names, path })
+    Ok(Frame { fd, names })
 }

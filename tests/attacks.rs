@@ -316,3 +316,39 @@ fn an_entry_below_a_recursive_entry_is_left_to_its_own_values() {
     assert_eq!(json(&out)["summary"]["changed"], 0, "the two entries fight over data/sub");
     assert_eq!(stat(&t.path("data/sub")), settled);
 }
+
+#[test]
+fn an_entry_the_recursive_owner_could_rename_away_is_a_manifest_error() {
+    let t = Tree::new();
+    let m = t.write(
+        "m.toml",
+        &format!(
+            "[[dir]]\npath = \"{r}/app/data\"\nowner = 10001\nrecursive = true\n\n\
+             [[dir]]\npath = \"{r}/app/data/secrets\"\nowner = 0\nmode = \"0700\"\n\
+             writable = false\n",
+            r = t.p("")
+        ),
+    );
+    let out = run_bounded(&["apply", "--user", "10001:10001", "--manifest", m.to_str().unwrap()]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("m.toml:7:"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("rename"), "{}", stderr(&out));
+    assert!(!t.path("app").exists(), "nothing may be created on a manifest error");
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn a_root_reached_through_a_directory_a_user_owns_is_refused() {
+    root_only();
+    let t = Tree::new();
+    t.dir("victim/etc/app", 0, 0, 0o700);
+    t.dir("images", 10001, 10001, 0o755);
+    planted(&t.path("victim"), &t.path("images/rootfs"));
+    let m = t.write("m.toml", "[[dir]]\npath = \"/etc/app\"\nowner = 10001\nmode = \"0777\"\n");
+    let before = stat(&t.path("victim/etc/app"));
+    let root = t.p("images/rootfs");
+    let out = run_bounded(&["apply", "--root", &root, "--manifest", m.to_str().unwrap()]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("refusing --root"), "{}", stderr(&out));
+    assert_eq!(stat(&t.path("victim/etc/app")), before);
+}
