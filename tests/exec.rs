@@ -127,7 +127,7 @@ fn read_all(r: Option<impl Read>) -> String {
     s
 }
 
-// ---- 1. identity: uid and groups ---------------------------------------------------------
+// ---- identity: uid and groups ---------------------------------------------------------
 
 #[test]
 #[cfg_attr(not_root, ignore = "needs root")]
@@ -182,7 +182,7 @@ fn no_capability_survives_the_drop() {
     }
 }
 
-// ---- 2. the PID is kept ------------------------------------------------------------------
+// ---- the PID is kept ------------------------------------------------------------------
 
 #[test]
 fn the_program_keeps_the_pid_of_the_process_that_was_started() {
@@ -204,7 +204,7 @@ fn the_program_keeps_the_pid_of_the_process_that_was_started() {
     assert_eq!(out, format!("{pid}\n"), "stderr:\n{err}");
 }
 
-// ---- 3. a failing check does not start the program ---------------------------------------
+// ---- a failing check does not start the program ---------------------------------------
 
 #[test]
 fn a_failing_check_does_not_start_the_program_unless_warn_only() {
@@ -236,7 +236,7 @@ fn quiet_prints_nothing_when_everything_passes() {
     assert_eq!(stderr(&out), "");
 }
 
-// ---- 4. --apply as root on the seed story -------------------------------------------------
+// ---- --apply as root on the seed story -------------------------------------------------
 
 #[test]
 #[cfg_attr(not_root, ignore = "needs root")]
@@ -278,7 +278,7 @@ fn apply_creates_and_owns_the_directory_then_the_program_writes_there_as_10001()
     assert_eq!((uid, gid, mode), (0, 0, 0o755), "the parent was changed");
 }
 
-// ---- 5. SIGTERM reaches the program --------------------------------------------------------
+// ---- SIGTERM reaches the program --------------------------------------------------------
 
 #[test]
 fn sigterm_sent_to_the_started_process_reaches_the_program() {
@@ -343,7 +343,7 @@ fn sigterm_sent_to_the_started_process_reaches_the_program() {
     assert_eq!(status.code(), Some(0), "the exit code is the trap's; stderr:\n{err}");
 }
 
-// ---- 6. exit codes 126 and 127 -------------------------------------------------------------
+// ---- exit codes 126 and 127 -------------------------------------------------------------
 
 #[test]
 fn a_program_that_is_not_found_exits_127_and_is_named() {
@@ -385,7 +385,7 @@ fn a_program_that_is_found_but_not_executable_exits_126_and_is_named() {
     assert_eq!(stdout(&out), "");
 }
 
-// ---- 7. HOME ---------------------------------------------------------------------------------
+// ---- HOME ---------------------------------------------------------------------------------
 
 #[test]
 #[cfg_attr(not_root, ignore = "needs root")]
