@@ -28,7 +28,7 @@ use crate::policy::{self, Meta};
 use crate::report::{self, Action, Change, Check, CheckKind, Report, Status, plural, show};
 use crate::resolve::{self, Links, Resolution, State};
 use crate::sys::{self, IdMap};
-use crate::walk::{self, Flow, Item};
+use crate::walk::{self, Few, Flow, Item};
 
 /// Options of one apply run.
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +85,7 @@ pub fn run(setup: &Setup, opts: Options) -> Result<Report> {
         .iter()
         .map(|e| resolve::resolve(&setup.root, Path::new(&e.path), Links::TrustedOnly))
         .collect::<Result<Vec<_>>>()?;
+    ctx.learn_resolved(&setup.entries, &plans)?;
     for (entry, res) in setup.entries.iter().zip(&plans) {
         let resolved = res.resolved_path().to_string_lossy().into_owned();
         if entry.recursive && res.entry.is_none() {
@@ -165,7 +166,7 @@ pub fn run(setup: &Setup, opts: Options) -> Result<Report> {
             report.checks.push(Check::new(CheckKind::Apply, Status::Fail, message));
             report.status = Status::Fail;
             // apply has just run: suggesting it again would loop. The refusal says why.
-            report.fixes.retain(|f| !f.command.starts_with("fs-preflight apply"));
+            report.fixes.retain(|f| !f.command.contains("fs-preflight apply"));
         }
         report.notes.extend(outcome.notes);
         report.changes = Some(outcome.changes);
@@ -510,7 +511,8 @@ impl Worker<'_, '_> {
         };
         let mounts = check::mount_points(self.ctx, path);
         let mut seen = Unchanged::default();
-        let outcome = walk::walk(top, path, &mounts, &self.ctx.listed, &mut |item| {
+        let listed = self.ctx.listed.borrow().clone();
+        let outcome = walk::walk(top, path, &mounts, &listed, &mut |item| {
             if self.visit(&item, wanted, &mut seen) { Flow::Descend } else { Flow::Stop }
         });
         if seen.unmanaged > 0 {
@@ -519,14 +521,12 @@ impl Worker<'_, '_> {
                 plural(seen.unmanaged, "symlink or device node", "symlinks and device nodes")
             ));
         }
-        let hardlinks = seen.hardlinks;
-        if !hardlinks.is_empty() {
-            let first: Vec<String> = hardlinks.iter().take(5).map(|p| show(p)).collect();
+        if !seen.hardlinks.is_empty() {
             self.refuse(format!(
                 "{} left unchanged (another link may lead outside the tree; set \
                  allow_hardlinks = true to change them): {}",
-                plural(hardlinks.len(), "hard-linked file", "hard-linked files"),
-                first.join(", ")
+                plural(seen.hardlinks.total, "hard-linked file", "hard-linked files"),
+                seen.hardlinks.list()
             ));
         }
         self.out.notes.extend(outcome.left_out());
@@ -600,7 +600,7 @@ fn now_seconds() -> i64 {
 #[derive(Default)]
 struct Unchanged {
     unmanaged: usize,
-    hardlinks: Vec<PathBuf>,
+    hardlinks: Few<PathBuf>,
 }
 
 /// Opens a non-directory by name without following it, and only if it is still what the

@@ -18,7 +18,7 @@ use nix::sys::stat::{FileStat, Mode};
 
 use crate::access::{self, Acl, Method, Probed, SEARCH, WRITE};
 use crate::identity::{Accounts, Identity};
-use crate::manifest::Entry;
+use crate::manifest::{self, Entry};
 use crate::policy::{self, Meta};
 use crate::report::{
     Check, CheckKind, EntryReport, Fix, FixKind, Status, Value, plural, quote, show,
@@ -43,7 +43,7 @@ pub struct Context<'a> {
     probe_failed: RefCell<Option<String>>,
     /// Every entry's path: a recursive walk leaves directories that are entries of their
     /// own to them, or two entries would set one directory to two values in turn.
-    pub listed: Vec<PathBuf>,
+    pub listed: RefCell<Vec<PathBuf>>,
 }
 
 impl<'a> Context<'a> {
@@ -72,8 +72,30 @@ impl<'a> Context<'a> {
             repeat_flags: String::new(),
             acls: RefCell::default(),
             probe_failed: RefCell::default(),
-            listed: entries.iter().map(|e| PathBuf::from(&e.path)).collect(),
+            listed: RefCell::new(entries.iter().map(|e| PathBuf::from(&e.path)).collect()),
         }
+    }
+
+    /// Takes in where the entries' symlinks lead: nesting that only shows once they are
+    /// followed is refused like the manifest's own (exit 2), and recursive walks leave
+    /// those entries to themselves too.
+    pub fn learn_resolved(&self, entries: &[Entry], resolutions: &[Resolution]) -> Result<()> {
+        let resolved: Vec<Entry> = entries
+            .iter()
+            .zip(resolutions)
+            .filter(|(_, r)| matches!(r.state, State::Directory | State::Missing { .. }))
+            .map(|(e, r)| Entry {
+                path: r.resolved_path().to_string_lossy().into_owned(),
+                ..e.clone()
+            })
+            .collect();
+        for b in &resolved {
+            if let Some(why) = manifest::nesting_conflict(&resolved, b, self.identity) {
+                anyhow::bail!("{why} (once symlinks are followed)");
+            }
+        }
+        self.listed.borrow_mut().extend(resolved.into_iter().map(|e| PathBuf::from(e.path)));
+        Ok(())
     }
 
     /// How writability was established, for the report.
@@ -153,6 +175,7 @@ pub fn check_all(ctx: &Context<'_>, entries: &[Entry]) -> Result<Vec<EntryReport
         .iter()
         .map(|e| resolve::resolve(ctx.root, Path::new(&e.path), Links::Follow))
         .collect::<Result<_>>()?;
+    ctx.learn_resolved(entries, &resolutions)?;
     let probes = probe_all(ctx, entries, &resolutions);
     Ok(entries
         .iter()
@@ -522,7 +545,8 @@ fn contents(ctx: &Context<'_>, entry: &Entry, res: &Resolution) -> Check {
     let mut unmanaged = 0u64;
     let mut samples = Vec::new();
     let mounts = mount_points(ctx, &dir.path);
-    let outcome = walk::walk(top, &dir.path, &mounts, &ctx.listed, &mut |item| {
+    let listed = ctx.listed.borrow();
+    let outcome = walk::walk(top, &dir.path, &mounts, &listed, &mut |item| {
         if !Wanted::manages(item.st) {
             unmanaged += 1;
         }

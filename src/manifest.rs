@@ -257,35 +257,47 @@ impl Manifest {
             out.push(entry);
         }
         for (b, raw) in out.iter().zip(&self.entries) {
-            if let Some(a) = out.iter().find(|a| unprotectable_inside(a, b)) {
-                return Err(self.error_at(
-                    raw.dir.path.span(),
-                    format!(
-                        "{} is inside {}, a recursive entry that uid {} can write: it could \
-                         rename {} away, and apply would then hand its contents over with the \
-                         rest; list it outside that tree, or give it the same owner and group",
-                        escape(b.path.as_bytes()),
-                        escape(a.path.as_bytes()),
-                        a.owner.filter(|o| *o != 0).unwrap_or(identity.uid),
-                        escape(b.path.as_bytes())
-                    ),
-                ));
+            if let Some(why) = nesting_conflict(&out, b, identity) {
+                return Err(self.error_at(raw.dir.path.span(), why));
             }
         }
         Ok(out)
     }
 }
 
-/// Whether `b` lies inside recursive entry `a`, which someone other than root can write,
-/// and asks for an owner, group or mode that `a`'s walk would overwrite. Whoever can write
-/// in `a` can rename `b` to another name; the walk would then re-own what `b` protected.
-fn unprotectable_inside(a: &Entry, b: &Entry) -> bool {
-    let inside = a.recursive && a.path != b.path && is_within(&b.path, &a.path);
-    let others_write = a.writable || a.owner.is_some_and(|o| o != 0);
+/// Why `b` cannot be protected inside a recursive entry of `entries`, or None. Whoever
+/// besides root can write in that tree can rename `b` to another name and make a new one;
+/// the walk would then give what `b` protected the tree's owner, group and modes. That
+/// matters when `b` asks for another owner or group, or for another mode while someone
+/// other than `b`'s own owner (who may chmod it anyway) can write the tree. Also used with
+/// entries' resolved paths, once symlinks have been followed.
+pub fn nesting_conflict(entries: &[Entry], b: &Entry, identity: &Identity) -> Option<String> {
     let differs = |x: Option<u32>, y: Option<u32>| x.is_some() && y.is_some() && x != y;
-    let conflict =
-        differs(a.owner, b.owner) || differs(a.group, b.group) || differs(a.dir_mode, b.mode);
-    inside && others_write && conflict
+    let a = entries.iter().find(|a| {
+        if !(a.recursive && a.path != b.path && is_within(&b.path, &a.path)) {
+            return false;
+        }
+        let group_or_others = (a.mode.unwrap_or(0) | a.dir_mode.unwrap_or(0)) & 0o022 != 0;
+        let writers: Vec<u32> = [a.owner, a.writable.then_some(identity.uid)]
+            .into_iter()
+            .flatten()
+            .filter(|w| *w != 0)
+            .collect();
+        if writers.is_empty() && !group_or_others {
+            return false;
+        }
+        let only_b_owner = !group_or_others && writers.iter().all(|w| Some(*w) == b.owner);
+        differs(a.owner, b.owner)
+            || differs(a.group, b.group)
+            || (differs(a.dir_mode, b.mode) && !only_b_owner)
+    })?;
+    Some(format!(
+        "{b} is inside {a}, a recursive entry that others than root can write: they could \
+         rename {b} away, and apply would then give its contents {a}'s owner, group and modes; \
+         list it outside that tree, or let only its owner write there",
+        a = escape(a.path.as_bytes()),
+        b = escape(b.path.as_bytes()),
+    ))
 }
 
 /// Reads an owner or group value: a name looked up by `lookup`, or a number.

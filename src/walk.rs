@@ -72,7 +72,7 @@ impl<T> Default for Few<T> {
 impl<T> Few<T> {
     const KEPT: usize = 20;
 
-    fn push(&mut self, item: T) {
+    pub fn push(&mut self, item: T) {
         self.total += 1;
         if self.first.len() < Self::KEPT {
             self.first.push(item);
@@ -86,7 +86,7 @@ impl<T> Few<T> {
 
 impl Few<PathBuf> {
     /// `a, b and 3 more`.
-    fn list(&self) -> String {
+    pub fn list(&self) -> String {
         let shown: Vec<String> = self.first.iter().map(|p| show(p)).collect();
         match self.total - self.first.len() {
             0 => shown.join(", "),

@@ -352,3 +352,57 @@ fn a_root_reached_through_a_directory_a_user_owns_is_refused() {
     assert!(stderr(&out).contains("refusing --root"), "{}", stderr(&out));
     assert_eq!(stat(&t.path("victim/etc/app")), before);
 }
+
+#[test]
+fn nesting_is_judged_by_who_can_write_the_tree_not_only_by_its_owner() {
+    let t = Tree::new();
+    let r = t.p("");
+    // Root's tree, but group-writable: group members could rename the private entry away.
+    let m = t.write(
+        "group.toml",
+        &format!(
+            "[[dir]]\npath = \"{r}/app\"\nowner = 0\ngroup = 1000\nmode = \"0775\"\n\
+             writable = false\nrecursive = true\ndir_mode = \"0775\"\n\n\
+             [[dir]]\npath = \"{r}/app/private\"\nowner = 0\ngroup = 0\nmode = \"0700\"\n\
+             writable = false\n"
+        ),
+    );
+    let out = run_bounded(&["check", "--user", "1000:1000", "--manifest", m.to_str().unwrap()]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("rename"), "{}", stderr(&out));
+
+    // Its own owner may chmod it anyway: a private cache of the tree's owner is fine.
+    let m = t.write(
+        "same-owner.toml",
+        &format!(
+            "[[dir]]\npath = \"{r}/app2\"\nowner = 10001\nrecursive = true\ndir_mode = \"0755\"\n\n\
+             [[dir]]\npath = \"{r}/app2/cache\"\nowner = 10001\nmode = \"0700\"\n"
+        ),
+    );
+    let out = run_bounded(&["check", "--user", "10001:10001", "--manifest", m.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root")]
+fn nesting_written_through_a_symlink_is_judged_where_it_leads() {
+    root_only();
+    let t = Tree::new();
+    let key = t.file("srv/private/key", 0, 0, 0o600);
+    set(&t.path("srv/private"), 0, 0, 0o700);
+    symlink("srv", t.path("data")).unwrap();
+    let m = t.write(
+        "m.toml",
+        &format!(
+            "[[dir]]\npath = \"{r}/srv\"\nowner = 10001\nrecursive = true\n\n\
+             [[dir]]\npath = \"{r}/data/private\"\nowner = 0\ngroup = 0\nmode = \"0700\"\n\
+             writable = false\n",
+            r = t.p("")
+        ),
+    );
+    let before = stat(&key);
+    let out = run_bounded(&["apply", "--user", "10001:10001", "--manifest", m.to_str().unwrap()]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("once symlinks are followed"), "{}", stderr(&out));
+    assert_eq!(stat(&key), before);
+}
