@@ -178,8 +178,7 @@ pub fn walk(
             out.mounts.push(child_path);
             continue;
         }
-        // Known gap: entries are matched by path, so an entry written through a symlink
-        // to a place below another entry's resolved path is not recognised here.
+        // `listed` holds entries' paths as written and where their symlinks lead.
         if sys::is_dir(&st) && listed.contains(&child_path) {
             out.listed.push(child_path);
             continue;
