@@ -285,8 +285,8 @@ mod tests {
     fn accounts() -> Accounts {
         Accounts {
             users: parse_passwd(
-                "root:x:0:0:root:/root:/bin/sh\n# comment\nappuser:x:10001:10001::/home/app:/bin/sh\n\
-                 broken:line\n+nis::::::\n",
+                "root:x:0:0:root:/root:/bin/sh\n# comment\n\
+                 appuser:x:10001:10001::/home/app:/bin/sh\nbroken:line\n+nis::::::\n",
             ),
             groups: parse_group("root:x:0:\nmedia:x:44:appuser,other\nappuser:x:10001:\n"),
             ..Accounts::default()

@@ -303,7 +303,8 @@ mod tests {
 
     #[test]
     fn mountinfo_lines_parse() {
-        let line = "36 35 98:0 /mnt1 /mnt/with\\040space rw,noatime master:1 - ext3 /dev/root ro,errors=continue";
+        let line = "36 35 98:0 /mnt1 /mnt/with\\040space rw,noatime master:1 - \
+                    ext3 /dev/root ro,errors=continue";
         let m = parse_mountinfo_line(line).unwrap();
         assert_eq!(m.point, PathBuf::from("/mnt/with space"));
         assert_eq!(m.fstype, "ext3");
