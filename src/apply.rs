@@ -25,7 +25,7 @@ use crate::check::{self, Context, Wanted};
 use crate::cli::Setup;
 use crate::manifest::{self, Entry};
 use crate::policy::{self, Meta};
-use crate::report::{self, Action, Change, Check, CheckKind, Report, Status, plural, show};
+use crate::report::{Action, Change, Check, CheckKind, Report, Status, plural, show};
 use crate::resolve::{self, Links, Resolution, State};
 use crate::sys::{self, IdMap};
 use crate::walk::{self, Few, Flow, Item};
@@ -65,14 +65,7 @@ struct Powers {
 
 /// Applies the manifest and returns the report of the check that follows.
 pub fn run(setup: &Setup, opts: Options) -> Result<Report> {
-    let mut ctx = Context::new(
-        &setup.root,
-        &setup.accounts,
-        &setup.identity,
-        Method::Compute,
-        &setup.entries,
-    );
-    ctx.repeat_flags = setup.repeat_flags.clone();
+    let ctx = Context::new(setup, Method::Compute);
     let powers = Powers {
         euid: nix::unistd::geteuid().as_raw(),
         chown: sys::can_chown(),
@@ -87,36 +80,12 @@ pub fn run(setup: &Setup, opts: Options) -> Result<Report> {
         .collect::<Result<Vec<_>>>()?;
     ctx.learn_resolved(&setup.entries, &plans)?;
     for (entry, res) in setup.entries.iter().zip(&plans) {
-        let resolved = res.resolved_path().to_string_lossy().into_owned();
-        if entry.recursive && res.entry.is_none() {
-            // Not there yet: where symlinks would lead it decides.
-            if let Some(tree) =
-                manifest::PSEUDO_TREES.iter().find(|t| manifest::is_within(&resolved, t))
-            {
-                bail!(
-                    "{} (resolved: {}) is under {tree}, a kernel filesystem: refused for \
-                     recursive work",
-                    show(Path::new(&entry.path)),
-                    report::escape(resolved.as_bytes())
-                );
-            }
-        }
-        if let (true, Some(dir)) = (entry.recursive, &res.entry) {
-            // By statfs type, by where a symlink led, and by the mount's type (devtmpfs
-            // says it is tmpfs to statfs).
-            let mount_type = ctx.mount_of(&dir.path).map(|m| m.fstype.as_str());
-            let kernel = sys::pseudo_filesystem(dir.fd())
-                .or(manifest::PSEUDO_TREES
-                    .into_iter()
-                    .find(|t| manifest::is_within(&dir.path.to_string_lossy(), t)))
-                .or(mount_type.filter(|t| sys::PSEUDO_TYPES.contains(t)));
-            if let Some(fs) = kernel {
-                bail!(
-                    "{} (resolved: {}) is on {fs}, a kernel filesystem: refused for recursive work",
-                    show(Path::new(&entry.path)),
-                    show(&dir.path)
-                );
-            }
+        if let (true, Some(fs)) = (entry.recursive, kernel_filesystem(&ctx, res)) {
+            bail!(
+                "{} (resolved: {}) is on {fs}, a kernel filesystem: refused for recursive work",
+                show(Path::new(&entry.path)),
+                show(&res.resolved_path())
+            );
         }
     }
     // One directory under two names would be set to each entry's values in turn, forever.
@@ -178,6 +147,19 @@ pub fn run(setup: &Setup, opts: Options) -> Result<Report> {
     Ok(report)
 }
 
+/// Which kernel filesystem recursive work on this entry would reach, if any: by where its
+/// path leads (under /proc, /sys or /dev, whether it exists yet or not), by statfs type,
+/// or by the mount's type (devtmpfs says it is tmpfs to statfs).
+fn kernel_filesystem<'c>(ctx: &'c Context<'_>, res: &Resolution) -> Option<&'c str> {
+    let resolved = res.resolved_path().to_string_lossy().into_owned();
+    let by_path = manifest::PSEUDO_TREES.into_iter().find(|t| manifest::is_within(&resolved, t));
+    let dir = res.entry.as_ref();
+    by_path.or_else(|| dir.and_then(|d| sys::pseudo_filesystem(d.fd()))).or_else(|| {
+        let mount = dir.and_then(|d| ctx.mount_of(&d.path))?;
+        sys::PSEUDO_TYPES.contains(&mount.fstype.as_str()).then_some(mount.fstype.as_str())
+    })
+}
+
 struct Worker<'a, 'c> {
     ctx: &'a Context<'c>,
     entry: &'a Entry,
@@ -189,7 +171,7 @@ struct Worker<'a, 'c> {
 impl Worker<'_, '_> {
     fn apply(&mut self, res: &Resolution) {
         let entry = self.entry;
-        let current = res.entry.as_ref().map(|d| meta(&d.st));
+        let current = res.entry.as_ref().map(|d| Meta::of(&d.st));
         let target = policy::target(entry, self.ctx.identity, current);
         match &res.state {
             State::Symlink { target, .. } => {
@@ -426,7 +408,7 @@ impl Worker<'_, '_> {
             }
         }
         let Ok(now) = fstat(&fd) else { return Some(Some(fd)) };
-        let target = policy::target(self.entry, self.ctx.identity, Some(meta(&now)));
+        let target = policy::target(self.entry, self.ctx.identity, Some(Meta::of(&now)));
         self.out.notes.extend(target.chosen);
         let t = target.meta;
         self.change_one(fd.as_fd(), path, t.uid, t.gid, Some(t.mode), false);
@@ -446,7 +428,7 @@ impl Worker<'_, '_> {
         regular: bool,
     ) -> bool {
         let Ok(st) = fstat(fd) else { return true };
-        let before = meta(&st);
+        let before = Meta::of(&st);
         let reown = (before.uid, before.gid) != (uid, gid);
         if reown && !self.powers.chown {
             self.refuse(format!("chown {uid}:{gid} {} needs root (CAP_CHOWN)", show(path)));
@@ -542,13 +524,12 @@ impl Worker<'_, '_> {
             seen.unmanaged += 1;
             return true;
         }
+        if !wanted.differs(st) {
+            return true;
+        }
         let uid = wanted.owner.unwrap_or(st.st_uid);
         let gid = wanted.group.unwrap_or(st.st_gid);
         let mode = wanted.mode_for(st);
-        let owner_differs = (st.st_uid, st.st_gid) != (uid, gid);
-        if !owner_differs && mode.is_none_or(|m| m == st.st_mode & 0o7777) {
-            return true;
-        }
         if let Some(dir) = item.dir {
             return self.change_one(dir, item.path, uid, gid, mode, false);
         }
@@ -611,10 +592,6 @@ fn open_verified(parent: BorrowedFd<'_>, name: &CStr, seen: &FileStat) -> Option
             .ok()?;
     let now = fstat(&fd).ok()?;
     sys::same_inode(seen, &now).then_some(fd)
-}
-
-fn meta(st: &FileStat) -> Meta {
-    Meta { uid: st.st_uid, gid: st.st_gid, mode: st.st_mode & 0o7777 }
 }
 
 fn ids(m: Meta) -> String {

@@ -17,6 +17,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::{FileStat, Mode};
 
 use crate::access::{self, Acl, Method, Probed, SEARCH, WRITE};
+use crate::cli::Setup;
 use crate::identity::{Accounts, Identity};
 use crate::manifest::{self, Entry};
 use crate::policy::{self, Meta};
@@ -47,32 +48,19 @@ pub struct Context<'a> {
 }
 
 impl<'a> Context<'a> {
-    pub fn new(
-        root: &'a Root,
-        accounts: &'a Accounts,
-        identity: &'a Identity,
-        method: Method,
-        entries: &[Entry],
-    ) -> Self {
+    pub fn new(setup: &'a Setup, method: Method) -> Self {
         let in_userns = !IdMap::read("uid_map").is_initial();
-        let overflow = in_userns.then(|| {
-            let gid = std::fs::read_to_string("/proc/sys/kernel/overflowgid")
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(65534);
-            (sys::overflow_uid(), gid)
-        });
         Context {
-            root,
-            accounts,
-            identity,
+            root: &setup.root,
+            accounts: &setup.accounts,
+            identity: &setup.identity,
             method,
             mounts: sys::mounts(),
-            overflow,
-            repeat_flags: String::new(),
+            overflow: in_userns.then(sys::overflow_ids),
+            repeat_flags: setup.repeat_flags.clone(),
             acls: RefCell::default(),
             probe_failed: RefCell::default(),
-            listed: RefCell::new(entries.iter().map(|e| PathBuf::from(&e.path)).collect()),
+            listed: RefCell::new(setup.entries.iter().map(|e| PathBuf::from(&e.path)).collect()),
         }
     }
 
@@ -221,31 +209,34 @@ fn probe_all(ctx: &Context<'_>, entries: &[Entry], resolutions: &[Resolution]) -
 
 fn check_entry(ctx: &Context<'_>, entry: &Entry, res: &Resolution, probe: Probe) -> EntryReport {
     let st = res.entry.as_ref().map(|d| d.st);
-    let mut checks = vec![exists(ctx, res, &probe), kind(res)];
-    checks.push(match (entry.owner, st) {
-        (Some(want), Some(st)) => {
-            compare(CheckKind::Owner, ctx.uid_value(want), ctx.uid_value(st.st_uid))
-        }
-        (Some(_), None) => Check::new(CheckKind::Owner, Status::Skip, absent(res)),
-        (None, _) => Check::new(CheckKind::Owner, Status::Skip, "not asked"),
-    });
-    checks.push(match (entry.group, st) {
-        (Some(want), Some(st)) => {
-            compare(CheckKind::Group, ctx.gid_value(want), ctx.gid_value(st.st_gid))
-        }
-        (Some(_), None) => Check::new(CheckKind::Group, Status::Skip, absent(res)),
-        (None, _) => Check::new(CheckKind::Group, Status::Skip, "not asked"),
-    });
-    checks.push(match (entry.mode, st) {
-        (Some(want), Some(st)) => {
-            compare(CheckKind::Mode, Value::Mode(want), Value::Mode(st.st_mode & 0o7777))
-        }
-        (Some(_), None) => Check::new(CheckKind::Mode, Status::Skip, absent(res)),
-        (None, _) => Check::new(CheckKind::Mode, Status::Skip, "not asked"),
-    });
-    checks.push(ancestors(ctx, res));
-    let read_only = read_only(ctx, res);
+    // Owner, group and mode: compared where the manifest asks and the directory is there.
+    let asked = |kind, wanted: Option<Value>, found: Option<Value>| match (wanted, found) {
+        (Some(wanted), Some(found)) => compare(kind, wanted, found),
+        (Some(_), None) => Check::new(kind, Status::Skip, absent(res)),
+        (None, _) => Check::new(kind, Status::Skip, "not asked"),
+    };
     let blocked_by = res.searched.iter().find(|d| !ctx.searchable(d));
+    let mut checks = vec![
+        exists(ctx, res, &probe),
+        kind(res),
+        asked(
+            CheckKind::Owner,
+            entry.owner.map(|u| ctx.uid_value(u)),
+            st.map(|s| ctx.uid_value(s.st_uid)),
+        ),
+        asked(
+            CheckKind::Group,
+            entry.group.map(|g| ctx.gid_value(g)),
+            st.map(|s| ctx.gid_value(s.st_gid)),
+        ),
+        asked(
+            CheckKind::Mode,
+            entry.mode.map(Value::Mode),
+            st.map(|s| Value::Mode(s.st_mode & 0o7777)),
+        ),
+        ancestors(ctx, res, blocked_by),
+    ];
+    let read_only = read_only(ctx, res);
     let ro = read_only.status == Status::Fail;
     checks.push(writable(ctx, entry, res, &probe, ro, blocked_by));
     checks.push(read_only);
@@ -294,7 +285,7 @@ fn check_entry(ctx: &Context<'_>, entry: &Entry, res: &Resolution, probe: Probe)
         ));
     }
     if report.failed() {
-        report.fixes = fixes(ctx, entry, res, &report.checks, mount_point.is_some());
+        report.fixes = fixes(ctx, entry, res, &report.checks, blocked_by, mount_point.is_some());
     }
     report
 }
@@ -382,9 +373,10 @@ fn kind(res: &Resolution) -> Check {
     }
 }
 
-fn ancestors(ctx: &Context<'_>, res: &Resolution) -> Check {
+/// Ancestors of the entry, `blocked_by` the first the identity cannot search.
+fn ancestors(ctx: &Context<'_>, res: &Resolution, blocked_by: Option<&Dir>) -> Check {
     let k = CheckKind::Ancestors;
-    match res.searched.iter().find(|d| !ctx.searchable(d)) {
+    match blocked_by {
         Some(d) => {
             let message =
                 format!("{} cannot search {} ({})", ctx.who(), show(&d.path), ctx.describe(&d.st));
@@ -510,19 +502,12 @@ impl Wanted {
         !matches!(st.st_mode & libc::S_IFMT, libc::S_IFLNK | libc::S_IFCHR | libc::S_IFBLK)
     }
 
-    /// What differs on one item, in words, or None when it is as asked (or not managed).
-    pub fn differences(
-        &self,
-        ctx_label: &dyn Fn(&FileStat) -> String,
-        st: &FileStat,
-    ) -> Option<String> {
-        if !Wanted::manages(st) {
-            return None;
-        }
+    /// Whether a managed item's owner, group or mode differs from what is asked.
+    pub fn differs(&self, st: &FileStat) -> bool {
         let owner_off = self.owner.is_some_and(|u| u != st.st_uid);
         let group_off = self.group.is_some_and(|g| g != st.st_gid);
         let mode_off = self.mode_for(st).is_some_and(|m| m != st.st_mode & 0o7777);
-        (owner_off || group_off || mode_off).then(|| ctx_label(st))
+        Wanted::manages(st) && (owner_off || group_off || mode_off)
     }
 }
 
@@ -540,7 +525,6 @@ fn contents(ctx: &Context<'_>, entry: &Entry, res: &Resolution) -> Check {
         Ok(top) => top,
         Err(e) => return c(Status::Fail, format!("cannot read {}: {}", show(&dir.path), e.desc())),
     };
-    let label = |st: &FileStat| ctx.describe(st);
     let mut wrong = 0u64;
     let mut unmanaged = 0u64;
     let mut samples = Vec::new();
@@ -550,10 +534,10 @@ fn contents(ctx: &Context<'_>, entry: &Entry, res: &Resolution) -> Check {
         if !Wanted::manages(item.st) {
             unmanaged += 1;
         }
-        if let Some(what) = wanted.differences(&label, item.st) {
+        if wanted.differs(item.st) {
             wrong += 1;
             if samples.len() < 5 {
-                samples.push(format!("{} ({what})", show(item.path)));
+                samples.push(format!("{} ({})", show(item.path), ctx.describe(item.st)));
             }
         }
         Flow::Descend
@@ -605,6 +589,7 @@ fn fixes(
     entry: &Entry,
     res: &Resolution,
     checks: &[Check],
+    blocked_by: Option<&Dir>,
     mount_point: bool,
 ) -> Vec<Fix> {
     let failed = |k: CheckKind| checks.iter().any(|c| c.check == k && c.status == Status::Fail);
@@ -630,11 +615,7 @@ fn fixes(
             ),
         )];
     }
-    let current = res.entry.as_ref().map(|d| Meta {
-        uid: d.st.st_uid,
-        gid: d.st.st_gid,
-        mode: d.st.st_mode & 0o7777,
-    });
+    let current = res.entry.as_ref().map(|d| Meta::of(&d.st));
     let mut target = policy::target(entry, ctx.identity, current).meta;
     // Inside a user namespace the overflow ids are not real owners: never suggest them.
     if let Some((ou, og)) = ctx.overflow {
@@ -648,8 +629,7 @@ fn fixes(
     let install =
         format!("install -d -o {} -g {} -m {} {path}", target.uid, target.gid, octal(target.mode));
     let mut run = Vec::new();
-    let blocking = res.searched.iter().find(|d| !ctx.searchable(d));
-    if let (true, Some(d)) = (failed(CheckKind::Ancestors), blocking) {
+    if let Some(d) = blocked_by {
         let class = if d.st.st_uid == ctx.identity.uid {
             "u"
         } else if ctx.identity.in_group(d.st.st_gid) {

@@ -48,7 +48,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Check => {
             common.apply_color(Common::stdout_is_terminal());
-            let report = check(common)?;
+            let report = check_setup(common, &common.setup()?)?;
             emit(common, &report, std::io::stdout().lock())?;
             Ok(verdict(&report))
         }
@@ -84,16 +84,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn check(common: &Common) -> Result<Report> {
-    let setup = common.setup()?;
-    check_setup(common, &setup)
-}
-
 fn check_setup(common: &Common, setup: &cli::Setup) -> Result<Report> {
     let method = Method::choose(&setup.identity, !common.no_probe);
-    let mut ctx =
-        check::Context::new(&setup.root, &setup.accounts, &setup.identity, method, &setup.entries);
-    ctx.repeat_flags = setup.repeat_flags.clone();
+    let ctx = check::Context::new(setup, method);
     let entries = check::check_all(&ctx, &setup.entries)?;
     Ok(Report::new("check", &setup.root.host, &setup.identity, ctx.writability(), entries))
 }

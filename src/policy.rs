@@ -2,6 +2,8 @@
 //! image author would where the manifest leaves a choice. `apply` converges to this state
 //! and the report's fix lines print it, so both always agree.
 
+use nix::sys::stat::FileStat;
+
 use crate::identity::Identity;
 use crate::manifest::Entry;
 
@@ -11,6 +13,12 @@ pub struct Meta {
     pub uid: u32,
     pub gid: u32,
     pub mode: u32,
+}
+
+impl Meta {
+    pub fn of(st: &FileStat) -> Meta {
+        Meta { uid: st.st_uid, gid: st.st_gid, mode: st.st_mode & 0o7777 }
+    }
 }
 
 /// The state an entry is brought to, and the choices made on the way.

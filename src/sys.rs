@@ -247,12 +247,15 @@ impl IdMap {
     }
 }
 
-/// The uid the kernel shows for owners not mapped into this namespace.
-pub fn overflow_uid() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/overflowuid")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(65534)
+/// The uid and gid the kernel shows for owners not mapped into this user namespace.
+pub fn overflow_ids() -> (u32, u32) {
+    let read = |which: &str| {
+        std::fs::read_to_string(format!("/proc/sys/kernel/{which}"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(65534)
+    };
+    (read("overflowuid"), read("overflowgid"))
 }
 
 /// Whether this process may chown files (CAP_CHOWN in its effective set).
