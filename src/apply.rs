@@ -58,6 +58,7 @@ const LISTED_CHANGES: usize = 1000;
 /// Process-wide facts that decide what may be attempted.
 struct Powers {
     euid: u32,
+    egid: u32,
     chown: bool,
     uid_map: IdMap,
     gid_map: IdMap,
@@ -68,6 +69,7 @@ pub fn run(setup: &Setup, opts: Options) -> Result<Report> {
     let ctx = Context::new(setup, Method::Compute);
     let powers = Powers {
         euid: nix::unistd::geteuid().as_raw(),
+        egid: nix::unistd::getegid().as_raw(),
         chown: sys::can_chown(),
         uid_map: IdMap::read("uid_map"),
         gid_map: IdMap::read("gid_map"),
@@ -229,10 +231,7 @@ impl Worker<'_, '_> {
                 if current != Some(target.meta) && sys::is_read_only(dir.fd()) {
                     return self.refuse_read_only(&dir.path);
                 }
-                match self.converge(dir.fd(), &dir.path, &dir.st) {
-                    Some(fd) => fd,
-                    None => return,
-                }
+                self.converge(dir.fd(), &dir.path, &dir.st)
             }
             (None, State::Missing { missing }) => {
                 let parent = res.parent();
@@ -240,14 +239,11 @@ impl Worker<'_, '_> {
                     return self.refuse_read_only(&parent.path);
                 }
                 self.out.notes.extend(target.chosen.iter().cloned());
-                match self.create(parent.fd(), &parent.path, missing, target.meta) {
-                    Some(fd) => fd,
-                    None => return,
-                }
+                self.create(parent.fd(), &parent.path, missing, target.meta)
             }
-            _ => return,
+            _ => None,
         };
-        if entry.recursive && !wanted.is_empty() {
+        if let (true, false, Some(dir)) = (entry.recursive, wanted.is_empty(), dir) {
             self.recurse(dir, &res.resolved_path(), &wanted);
         }
     }
@@ -297,28 +293,26 @@ impl Worker<'_, '_> {
     }
 
     /// Creates the missing components below `parent`; intermediate ones get root:root 0755
-    /// (or this process's ids when it is not root). Returns the last one, opened.
+    /// (or this process's ids when it is not root). Returns the last one, opened; None
+    /// when it was refused, or only planned (a dry run: there is nothing below it yet).
     fn create(
         &mut self,
         parent: BorrowedFd<'_>,
         parent_path: &Path,
         missing: &[std::ffi::OsString],
         target: Meta,
-    ) -> Option<Option<OwnedFd>> {
+    ) -> Option<OwnedFd> {
         let mut path = parent_path.to_path_buf();
         let mut holder: Option<OwnedFd> = None;
-        let intermediate = if self.powers.chown {
-            Meta { uid: 0, gid: 0, mode: 0o755 }
-        } else {
-            Meta { uid: self.powers.euid, gid: nix::unistd::getegid().as_raw(), mode: 0o755 }
-        };
+        let intermediate = Meta { uid: 0, gid: 0, mode: 0o755 };
         for (i, name) in missing.iter().enumerate() {
             path.push(name);
             let last = i + 1 == missing.len();
             let mut meta = if last { target } else { intermediate };
             if !self.powers.chown {
+                // Without CAP_CHOWN, what this process creates is its own.
                 meta.uid = self.powers.euid;
-                meta.gid = nix::unistd::getegid().as_raw();
+                meta.gid = self.powers.egid;
             }
             if self.opts.dry_run {
                 self.record(Action::Create, &path, None, ids_mode(meta));
@@ -355,9 +349,7 @@ impl Worker<'_, '_> {
             }
             holder = Some(fd);
         }
-        if !self.powers.chown
-            && (target.uid != self.powers.euid || target.gid != nix::unistd::getegid().as_raw())
-        {
+        if !self.powers.chown && (target.uid, target.gid) != (self.powers.euid, self.powers.egid) {
             self.refuse(format!(
                 "chown {}:{} {} needs root (CAP_CHOWN)",
                 target.uid,
@@ -365,7 +357,7 @@ impl Worker<'_, '_> {
                 self.shown()
             ));
         }
-        Some(holder)
+        holder
     }
 
     /// Sets owner, group and mode on a directory this run just made, and confirms them.
@@ -385,13 +377,13 @@ impl Worker<'_, '_> {
     }
 
     /// Brings an existing directory to `target`, changing only what differs. Returns the
-    /// directory opened for reading (for a recursive walk).
+    /// directory opened for reading (for a recursive walk), or None when refused.
     fn converge(
         &mut self,
         held: BorrowedFd<'_>,
         path: &Path,
         planned: &FileStat,
-    ) -> Option<Option<OwnedFd>> {
+    ) -> Option<OwnedFd> {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         let fd = match openat(held, ".", flags, Mode::empty()) {
             Ok(fd) => fd,
@@ -407,12 +399,12 @@ impl Worker<'_, '_> {
                 return None;
             }
         }
-        let Ok(now) = fstat(&fd) else { return Some(Some(fd)) };
+        let Ok(now) = fstat(&fd) else { return Some(fd) };
         let target = policy::target(self.entry, self.ctx.identity, Some(Meta::of(&now)));
         self.out.notes.extend(target.chosen);
         let t = target.meta;
         self.change_one(fd.as_fd(), path, t.uid, t.gid, Some(t.mode), false);
-        Some(Some(fd))
+        Some(fd)
     }
 
     /// chown (if owner or group differ) then chmod (if the mode differs) on one verified
@@ -482,11 +474,7 @@ impl Worker<'_, '_> {
         true
     }
 
-    fn recurse(&mut self, dir: Option<OwnedFd>, path: &Path, wanted: &Wanted) {
-        let Some(dir) = dir else {
-            // Dry run of an entry that does not exist yet: there is nothing below it.
-            return;
-        };
+    fn recurse(&mut self, dir: OwnedFd, path: &Path, wanted: &Wanted) {
         let top = match check::open_for_walk(dir.as_fd()) {
             Ok(top) => top,
             Err(e) => return self.refuse(format!("cannot read {}: {}", show(path), e.desc())),
